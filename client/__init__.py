@@ -1,0 +1,1 @@
+"""The data holder's side: the Flower ClientApp and the ``fedtext client`` command."""

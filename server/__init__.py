@@ -1,0 +1,1 @@
+"""The coordinator's side: the Flower ServerApp and the ``fedtext server`` command."""

@@ -1,0 +1,170 @@
+"""From the clients' updates to one aggregate the strategy can consume.
+
+A round's aggregation has two halves:
+
+1. **collect** (:class:`PlainAggregation` here; the secure one masks updates so the
+   server sees only their sum): send the train instructions, gather the
+   updates, and return :class:`RoundUpdate`, the example-weighted mean update
+   ``sum_i n_i u_i / sum_i n_i`` and the total weight ``sum_i n_i``;
+2. **apply** (:func:`apply_update`): hand that aggregate to the configured Flower
+   strategy as a single reply carrying ``current + mean update``.
+
+Why one synthetic reply: every strategy in scope first takes the
+example-weighted average of its replies' arrays (FedAvg's step), then applies
+its server optimizer to ``average - current``. The average of one reply is the
+reply itself, and ``(current + mean update) - current`` is the mean update, so
+FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad and FedAvgM compute exactly their
+textbook update while seeing only the aggregate (tests/test_strategy_maths.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from common.messages import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    from_array_record,
+    parse_train_reply,
+    record_bytes,
+    to_array_record,
+)
+
+log = logging.getLogger("fedtext.server")
+
+
+@dataclass
+class RoundUpdate:
+    """The aggregate of one training round.
+
+    Attributes
+    ----------
+    mean_update : dict[str, np.ndarray]
+        Example-weighted mean of the clients' updates.
+    total_examples : int
+        Sum of the contributing clients' example counts.
+    num_clients : int
+        Clients whose update is in the aggregate.
+    train_metrics : dict[str, float]
+        Example-weighted means of the clients' training metrics.
+    bytes_up, bytes_down : int
+        Payload bytes received from / sent to clients this round.
+    problems : list[str]
+        One line per client left out of the aggregate, and why.
+    """
+
+    mean_update: dict[str, np.ndarray]
+    total_examples: int
+    num_clients: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class Aggregation(Protocol):
+    """How a round's updates travel and are combined (plain or secure)."""
+
+    def collect(
+        self,
+        grid: Grid,
+        instructions: list[Message],
+        current: dict[str, np.ndarray],
+        timeout: float | None,
+    ) -> RoundUpdate | None:
+        """Send ``instructions``, return the aggregate (None if nobody contributed)."""
+        ...
+
+
+def weighted_mean_metrics(metrics: list[dict], weights: list[int]) -> dict[str, float]:
+    """Example-weighted mean of the numeric metrics all clients reported."""
+    total = sum(weights)
+    if not metrics or total == 0:
+        return {}
+    keys = set.intersection(*(set(m) for m in metrics)) - {NUM_EXAMPLES}
+    return {
+        k: sum(float(m[k]) * w for m, w in zip(metrics, weights, strict=True)) / total
+        for k in sorted(keys)
+        if all(isinstance(m[k], (int, float)) for m in metrics)
+    }
+
+
+class PlainAggregation:
+    """Updates sent in the clear (``--no-secagg``) and averaged by example count."""
+
+    def collect(
+        self,
+        grid: Grid,
+        instructions: list[Message],
+        current: dict[str, np.ndarray],
+        timeout: float | None,
+    ) -> RoundUpdate | None:
+        """Send the train instructions and average the valid updates."""
+        bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
+        replies = list(grid.send_and_receive(instructions, timeout=timeout))
+        problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
+        total = 0
+        summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
+        metrics, weights, bytes_up = [], [], 0
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                problems.append(f"node {node}: {reply.error.reason}")
+                continue
+            try:
+                parsed = parse_train_reply(reply.content, current)
+            except ValueError as exc:
+                problems.append(f"node {node}: {exc}")
+                continue
+            bytes_up += record_bytes(reply.content.array_records[ARRAYS])
+            for k, u in parsed.update.items():
+                summed[k] += parsed.num_examples * u.astype(np.float64)
+            total += parsed.num_examples
+            metrics.append(parsed.metrics)
+            weights.append(parsed.num_examples)
+        for line in problems:
+            log.warning("round update left out: %s", line)
+        if total == 0:
+            return None
+        mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
+        return RoundUpdate(
+            mean, total, len(weights), weighted_mean_metrics(metrics, weights),
+            bytes_up, bytes_down, problems,
+        )
+
+
+def _silent_nodes(instructions: Iterable[Message], replies: list[Message]) -> list[int]:
+    answered = {r.metadata.src_node_id for r in replies}
+    return [m.metadata.dst_node_id for m in instructions if m.metadata.dst_node_id not in answered]
+
+
+def apply_update(
+    strategy: Strategy, server_round: int, current: ArrayRecord, update: RoundUpdate
+) -> ArrayRecord:
+    """Let the strategy turn the round's aggregate into the next global arrays."""
+    arrays = from_array_record(current)
+    aggregate = {k: arrays[k] + update.mean_update[k] for k in arrays}
+    reply = Message(
+        content=RecordDict(
+            {
+                ARRAYS: to_array_record(aggregate),
+                METRICS: MetricRecord({NUM_EXAMPLES: update.total_examples}),
+            }
+        ),
+        dst_node_id=0,
+        message_type=MessageType.TRAIN,
+    )
+    new_arrays, _ = strategy.aggregate_train(server_round, [reply])
+    if new_arrays is None:
+        raise RuntimeError(f"strategy {type(strategy).__name__} returned no arrays")
+    # Flower's optimizers return float64 for float32 inputs; keep the wire at 4 bytes.
+    return to_array_record({k: v.astype(np.float32) for k, v in from_array_record(new_arrays).items()})

@@ -1,0 +1,45 @@
+"""The fedtext ServerApp: Flower runs ``main`` once per run, on the SuperLink side."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate the run config, then run the federation (``server.rounds``)."""
+    from common.config import FedTextConfig
+    from server.outputs import RunRecorder
+    from server.rounds import run_federation
+
+    cfg = FedTextConfig.from_mapping(context.run_config)
+    setup_logging(Path(cfg.out) / "server.log")
+    try:
+        run_federation(grid, cfg)
+    except Exception as exc:
+        # Leave the reason in the run folder: `flwr run` does not report it.
+        RunRecorder.mark_failed(cfg.out, f"{type(exc).__name__}: {exc}")
+        logging.getLogger("fedtext.server").error("run failed:\n%s", traceback.format_exc())
+        raise
+
+
+def setup_logging(logfile: Path) -> None:
+    """fedtext's log lines to stderr (streamed by ``flwr run --stream``) and to a file."""
+    logger = logging.getLogger("fedtext")
+    if logger.handlers:
+        return
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(logfile)):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

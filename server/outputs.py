@@ -1,0 +1,97 @@
+"""The run folder: ``metrics.json`` after every round, progress lines, the final model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from common.metrics import summary
+
+log = logging.getLogger("fedtext.server")
+
+
+class RunRecorder:
+    """Appends one entry per round to ``OUT/metrics.json`` (rewritten atomically).
+
+    Parameters
+    ----------
+    out : str or Path
+        The run folder.
+    config : dict
+        The run's validated config, stored alongside the rounds.
+    extra : dict
+        Anything else worth keeping with the figures (labels, model sizes).
+    """
+
+    def __init__(self, out: str | Path, config: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path = self.out / "metrics.json"
+        self.doc: dict[str, Any] = {"rounds": [], "config": config, **extra, "status": "running"}
+        self._write()
+
+    def record_round(
+        self,
+        server_round: int,
+        central: dict[str, Any],
+        clients: dict[str, Any],
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        seconds: float = 0.0,
+        **extra: Any,
+    ) -> None:
+        """Store one round's figures and print its progress line."""
+        entry = {
+            "round": server_round,
+            "central": {**summary(central, ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss"))},
+            "clients": clients,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "seconds": round(seconds, 3),
+            **extra,
+        }
+        self.doc["rounds"].append(entry)
+        self.doc["final_central"] = central
+        self._write()
+        log.info("%s", progress_line(entry, self.doc["config"].get("rounds")))
+
+    def finish(self, status: str, **extra: Any) -> None:
+        """Mark the run finished (``completed`` or ``failed: reason``)."""
+        self.doc["status"] = status
+        self.doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.doc.update(extra)
+        self._write()
+
+    @staticmethod
+    def mark_failed(out: str | Path, reason: str) -> None:
+        """Record a failure in an existing ``metrics.json`` (or a new one)."""
+        path = Path(out) / "metrics.json"
+        doc = json.loads(path.read_text()) if path.exists() else {"rounds": []}
+        doc["status"] = f"failed: {reason}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def progress_line(entry: dict[str, Any], rounds: int | None) -> str:
+    """``round 2/3  central acc 0.7312 f1 0.7190 loss 0.5521 | 3 clients | up 1.8 MB | 41.2 s``."""
+    c = entry["central"]
+    clients = entry.get("clients", {})
+    parts = [
+        f"round {entry['round']}/{rounds}" if rounds else f"round {entry['round']}",
+        f"central acc {c.get('accuracy', float('nan')):.4f} f1 {c.get('f1_macro', float('nan')):.4f} "
+        f"loss {c.get('loss', float('nan')):.4f}",
+    ]
+    if entry["round"] > 0:
+        parts.append(f"{clients.get('trained', 0)} clients")
+        parts.append(f"up {entry['bytes_up'] / 1e6:.2f} MB down {entry['bytes_down'] / 1e6:.2f} MB")
+        parts.append(f"{entry['seconds']:.1f} s")
+    return " | ".join(parts)

@@ -1,0 +1,150 @@
+"""The federation, round by round: the whole server-side flow in one function.
+
+For each round :func:`run_federation`
+
+1. asks the strategy which clients train and builds their instructions
+   (global trainable arrays + config, ``common.messages``);
+2. has the aggregation send them and combine the replies into one mean update
+   (``server.aggregation``: in the clear, or masked so that only the sum is seen);
+3. lets the strategy turn that aggregate into the next global arrays
+   (``server.aggregation.apply_update``);
+4. asks sampled clients to evaluate the new model on their held-out rows and
+   combines their confusion matrices;
+5. evaluates centrally on the server's test set and records the round
+   (``server.outputs``).
+
+Flower's ``Strategy.start`` runs a similar loop, but it would send each
+client's update to the strategy in the clear: fedtext's loop puts the
+aggregation step between the clients and the strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from common.config import FedTextConfig
+from common.messages import ARRAYS, instruction_config, parse_evaluate_reply, record_bytes
+from common.metrics import metrics_from_confusion, summary
+from common.splits import server_test_set
+from server.aggregation import Aggregation, PlainAggregation, apply_update
+from server.global_model import GlobalModel
+from server.outputs import RunRecorder
+from server.strategies import build_strategy
+
+log = logging.getLogger("fedtext.server")
+
+
+def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | None = None) -> dict[str, Any]:
+    """Train the global model for ``cfg.rounds`` rounds; write the run folder.
+
+    Returns
+    -------
+    dict
+        The final central metrics.
+    """
+    aggregation = aggregation or PlainAggregation()
+    test = server_test_set(cfg)
+    labels = test.label_names
+    model = GlobalModel(cfg, labels)
+    log.info("%s", model.describe())
+    log.info("server test set: %d rows from %s; labels: %s", len(test), test.source, ", ".join(labels))
+    recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()})
+    strategy = build_strategy(cfg)
+    timeout = cfg.round_timeout or None
+
+    arrays = model.arrays()
+    central = model.evaluate(test)
+    recorder.record_round(0, central, clients={})
+    for server_round in range(1, cfg.rounds + 1):
+        started = time.perf_counter()
+        instructions = list(
+            strategy.configure_train(server_round, arrays, instruction_config(server_round, labels), grid)
+        )
+        update = aggregation.collect(grid, instructions, _numpy(arrays), timeout)
+        if update is None:
+            log.warning("round %d: no client update arrived; global model unchanged", server_round)
+        else:
+            arrays = apply_update(strategy, server_round, arrays, update)
+            model.load(arrays)
+        evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout)
+        central = model.evaluate(test)
+        clients: dict[str, Any] = {
+            "trained": update.num_clients if update else 0,
+            "train_examples": update.total_examples if update else 0,
+            **({"train": update.train_metrics} if update else {}),
+            **evaluation,
+        }
+        if update and update.problems:
+            clients["problems"] = update.problems
+        recorder.record_round(
+            server_round,
+            central,
+            clients,
+            bytes_up=update.bytes_up if update else 0,
+            bytes_down=(update.bytes_down if update else 0) + eval_bytes,
+            seconds=time.perf_counter() - started,
+            bytes_up_per_client=(update.bytes_up // max(update.num_clients, 1)) if update else 0,
+        )
+    model.save(recorder.out / "model")
+    recorder.finish("completed")
+    return central
+
+
+def _numpy(arrays: Any) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def evaluate_on_clients(
+    grid: Grid,
+    strategy: Any,
+    server_round: int,
+    arrays: Any,
+    labels: list[str],
+    timeout: float | None,
+) -> tuple[dict[str, Any], int]:
+    """Federated evaluation: clients' confusion matrices summed into exact metrics.
+
+    Returns
+    -------
+    tuple[dict, int]
+        ``{"evaluate": metrics, "evaluated": n}`` (empty when nobody was asked)
+        and the bytes sent.
+    """
+    instructions: list[Message] = list(
+        strategy.configure_evaluate(server_round, arrays, instruction_config(server_round, labels), grid)
+    )
+    if not instructions:
+        return {}, 0
+    sent = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    loss_sum, count, evaluated, problems = 0.0, 0, 0, []
+    for reply in grid.send_and_receive(instructions, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            problems.append(f"node {node}: {reply.error.reason}")
+            continue
+        try:
+            cm, loss, num = parse_evaluate_reply(reply.content, len(labels))
+        except ValueError as exc:
+            problems.append(f"node {node}: {exc}")
+            continue
+        confusion += cm
+        loss_sum += loss * num
+        count += num
+        evaluated += 1
+    for line in problems:
+        log.warning("client evaluation left out: %s", line)
+    result: dict[str, Any] = {"evaluated": evaluated}
+    if count:
+        metrics = metrics_from_confusion(confusion, labels)
+        metrics["loss"] = loss_sum / count
+        result["evaluate"] = {**summary(metrics), "num_examples": count}
+    if problems:
+        result["evaluate_problems"] = problems
+    return result, sent

@@ -1,0 +1,297 @@
+"""Start a Flower SuperLink, submit the fedtext app to it, follow the run, stop it.
+
+``fedtext simulate`` and ``fedtext server`` both go through :class:`LocalSuperLink`:
+
+- Flower's state lives in the run folder (``FLWR_HOME``), not in ``~/.flwr``;
+- runtime dependency installation is off (it would ``uv sync`` the app's
+  dependencies into a fresh environment from the network);
+- the SuperLink is a child process on free ports, stopped with its process
+  group on exit, so nothing outlives the command;
+- success is read from the run's status (``flwr ls``): ``flwr run`` exits 0
+  even when the ServerApp failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedTextError
+
+CONNECTION = "fedtext"
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flwr_bin(name: str) -> str:
+    """Path of a Flower executable installed next to this Python."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes; apps inherit the SuperLink's."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            # Ray's dashboard and usage stats reach for the network; not needed.
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DEDUP_LOGS": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # flower-superlink spawns flower-superexec by name: find it next to Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # The app's packages must resolve to this checkout, whoever starts Python.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_DIR), env.get("PYTHONPATH", "")]))
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class TlsFiles:
+    """Certificate files of a TLS SuperLink (from ``fedtext certs``)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class LocalSuperLink:
+    """A SuperLink child process and the ``flwr`` CLI connection to it.
+
+    Parameters
+    ----------
+    home : Path
+        ``FLWR_HOME`` for the SuperLink, its apps and the CLI.
+    simulation : bool
+        Run ClientApps in Flower's simulation engine (Ray) instead of waiting
+        for SuperNodes.
+    host : str
+        Interface of the Fleet/Control HTTP API.
+    port : int
+        Its port (0 = a free one).
+    tls : TlsFiles, optional
+        Serve HTTPS with these files; ``None`` serves plain HTTP (``--insecure``).
+    node_auth : bool
+        Accept only SuperNodes whose public key was registered (needs TLS).
+    """
+
+    home: Path
+    simulation: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: TlsFiles | None = None
+    node_auth: bool = False
+    env_extra: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the CLI and SuperNodes connect to."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "superlink.log"
+
+    def env(self) -> dict[str, str]:
+        return flower_env(self.home, self.env_extra)
+
+    def start(self, timeout: float = 60.0) -> LocalSuperLink:
+        """Launch the SuperLink and wait until its health endpoint answers."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        cmd = [
+            flwr_bin("flower-superlink"),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--health-server-address", f"127.0.0.1:{free_port()}",
+            "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--database", str(self.home / "state.db"),
+        ]
+        if self.simulation:
+            cmd.append("--simulation")
+        if self.tls is None:
+            cmd.append("--insecure")
+        else:
+            cmd += [
+                "--ssl-ca-certfile", str(self.tls.ca),
+                "--ssl-certfile", str(self.tls.cert),
+                "--ssl-keyfile", str(self.tls.key),
+            ]
+        if self.node_auth:
+            cmd.append("--enable-supernode-auth")
+        self.write_connection()
+        log = self.log_path.open("ab")
+        # A new session: stop() can then end the SuperLink and every process it
+        # spawned (ServerApp, Ray workers, ClientApps) with one signal.
+        self.process = subprocess.Popen(
+            cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_healthy(timeout)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        import httpx
+
+        scheme = "http" if self.tls is None else "https"
+        verify: Any = False if self.tls is None else str(self.tls.ca)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise FedTextError(
+                    f"SuperLink exited with code {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                if httpx.get(f"{scheme}://{self.address}/health", timeout=1.0, verify=verify).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise FedTextError(f"SuperLink did not come up within {timeout:.0f}s; see {self.log_path}")
+
+    def write_connection(self) -> None:
+        """``FLWR_HOME/config.toml`` naming this SuperLink as connection ``fedtext``."""
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+                 f'address = "{self.address}"']
+        if self.tls is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.tls.ca}"')
+        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run a ``flwr`` CLI command against this SuperLink."""
+        return subprocess.run(
+            [flwr_bin("flwr"), *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def register_node_key(self, public_key: Path) -> None:
+        """Allow the SuperNode holding the matching private key to connect."""
+        res = self.flwr("supernode", "register", str(public_key), CONNECTION)
+        if res.returncode != 0:
+            raise FedTextError(f"cannot register '{public_key}': {_last_line(res)}")
+
+    def submit(
+        self, run_config: Path, federation_config: dict[str, Any] | None = None, app: Path = APP_DIR
+    ) -> int:
+        """Submit the app with its run config; return the run id."""
+        args = ["run", str(app), CONNECTION, "--run-config", str(run_config), "--format", "json"]
+        if federation_config:
+            args += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
+        res = self.flwr(*args)
+        payload = _json_payload(res)
+        if not payload.get("success") or "run-id" not in payload:
+            reason = str(payload.get("error-message", "")).strip().splitlines() or [_last_line(res)]
+            raise FedTextError(f"flwr run failed: {reason[-1]}")
+        return int(payload["run-id"])
+
+    def run_status(self, run_id: int) -> tuple[str, str]:
+        """(status, details) of a run, e.g. ``("finished:completed", "")``."""
+        res = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=30)
+        runs = _json_payload(res).get("runs") or [{}]
+        return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+
+    def stream_logs(self, run_id: int, path: Path) -> subprocess.Popen[bytes]:
+        """Copy the run's logs (ServerApp output) into ``path`` as they come."""
+        out = path.open("ab")
+        return subprocess.Popen(
+            [flwr_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+            env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        """Stop the SuperLink and everything it started."""
+        if self.process is not None:
+            stop_process_group(self.process)
+            self.process = None
+
+
+def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM a child's process group, SIGKILL it after ``grace`` seconds."""
+    if process.poll() is not None and not _group_alive(process.pid):
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(process.pid):
+                return
+            time.sleep(0.2)
+    process.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the group.
+
+    Zombies count as dead: where PID 1 does not reap orphans they linger, and
+    waiting for them would only add the grace period to every stop.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _json_payload(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON object ``flwr ... --format json`` printed (``{}`` if none)."""
+    try:
+        payload = json.loads(res.stdout[res.stdout.index("{"):])
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _last_line(res: subprocess.CompletedProcess[str]) -> str:
+    text = (res.stderr or "") + (res.stdout or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit code {res.returncode}"

@@ -1,0 +1,134 @@
+"""``fedtext simulate``: a whole federation on this machine, on Flower's Ray engine.
+
+1. check the data once, here, so a bad file fails in a second with one line
+   instead of inside N Ray workers;
+2. write the run config (every key, absolute paths) into the run folder;
+3. start a private SuperLink in simulation mode (``server.superlink``) and
+   submit the app with ``num-supernodes = clients``;
+4. print each round as the ServerApp records it in ``metrics.json``;
+5. exit 0 only if the run's status is ``finished:completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from common.config import FedTextConfig
+from common.errors import FedTextError
+from common.packaged import PREFIX
+from common.splits import server_test_set, training_pool
+from common.partition import load_partition
+from server.outputs import progress_line
+from server.superlink import LocalSuperLink, stop_process_group
+
+
+def absolute(path: str) -> str:
+    """Apps run in other folders: hand them absolute paths."""
+    return path if not path or path.startswith(PREFIX) else str(Path(path).expanduser().resolve())
+
+
+def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
+    """The run's config as the apps will see it: absolute paths, all clients sampled."""
+    return cfg.replace(
+        data=absolute(cfg.data),
+        test_data=absolute(cfg.test_data),
+        out=str(Path(cfg.out).expanduser().resolve()),
+        min_clients=min(cfg.min_clients, cfg.clients),
+    )
+
+
+def check_data(cfg: FedTextConfig) -> list[str]:
+    """Load the server's test set and every client's share; return the labels."""
+    test = server_test_set(cfg)
+    pool = training_pool(cfg, test.label_names)
+    for pid in range(cfg.clients):
+        share = load_partition(pool.dataset, cfg.partition, cfg.clients, pid, cfg.seed)
+        if len(share) < 2:
+            raise FedTextError(
+                f"partition '{cfg.partition}': client {pid} gets {len(share)} row(s); "
+                "use fewer clients or more data"
+            )
+    return test.label_names
+
+
+def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
+    """Every config key as TOML, for ``flwr run --run-config FILE``."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in cfg.to_mapping().items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
+    """Run the federation; return the process exit code."""
+    cfg = prepare_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = check_data(cfg)
+    echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
+         f"strategy {cfg.strategy}, freeze {cfg.freeze}, labels {', '.join(labels)}")
+    run_config = write_run_config(cfg, out / "run_config.toml")
+    superlink = LocalSuperLink(home=out / ".flwr", simulation=True)
+    metrics = out / "metrics.json"
+    metrics.unlink(missing_ok=True)
+    logs = None
+    try:
+        superlink.start()
+        run_id = superlink.submit(
+            run_config,
+            {
+                "num-supernodes": cfg.clients,
+                "client-resources-num-cpus": cfg.client_cpus,
+                "client-resources-num-gpus": cfg.client_gpus,
+            },
+        )
+        echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
+        logs = superlink.stream_logs(run_id, out / "run.log")
+        status, details = follow_run(superlink, run_id, metrics, echo)
+    finally:
+        if logs is not None:
+            stop_process_group(logs, grace=2.0)
+        superlink.stop()
+    return report(status, details, out, echo)
+
+
+def follow_run(superlink: LocalSuperLink, run_id: int, metrics: Path, echo) -> tuple[str, str]:  # noqa: ANN001
+    """Print rounds as they land in ``metrics.json`` until the run finishes."""
+    shown = 0
+    status, details = "", ""
+    while True:
+        shown = _echo_new_rounds(metrics, shown, echo)
+        status, details = superlink.run_status(run_id)
+        if status.startswith("finished"):
+            _echo_new_rounds(metrics, shown, echo)
+            return status, details
+        time.sleep(2.0)
+
+
+def _echo_new_rounds(metrics: Path, shown: int, echo) -> int:  # noqa: ANN001
+    try:
+        doc = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return shown
+    rounds = doc.get("rounds", [])
+    for entry in rounds[shown:]:
+        echo(progress_line(entry, doc.get("config", {}).get("rounds")))
+    return len(rounds)
+
+
+def report(status: str, details: str, out: Path, echo) -> int:  # noqa: ANN001
+    """Final lines and exit code, from the run status and the run folder."""
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        doc = {}
+    app_status = doc.get("status", "missing metrics.json")
+    if status == "finished:completed" and app_status == "completed":
+        final = doc["rounds"][-1]["central"]
+        echo(f"done: central accuracy {final['accuracy']:.4f}, macro F1 {final['f1_macro']:.4f}; "
+             f"model in {out / 'model'}, metrics in {out / 'metrics.json'}")
+        return 0
+    reason = app_status if app_status.startswith("failed") else (details or status)
+    echo(f"fedtext simulate: run {status or 'unknown'}: {reason}; see {out / 'run.log'}")
+    return 1
