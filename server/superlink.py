@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import FedTextConfig
 from common.errors import FedTextError
+from server.outputs import progress_line
 
 CONNECTION = "fedtext"
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -234,44 +237,110 @@ class LocalSuperLink:
             self.process = None
 
 
+# --- following a run -------------------------------------------------------------
+
+
+def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
+    """Every config key as TOML, for ``flwr run --run-config FILE``."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in cfg.to_mapping().items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def follow_run(superlink: LocalSuperLink, run_id: int, metrics: Path, echo) -> tuple[str, str]:  # noqa: ANN001
+    """Print rounds as they land in ``metrics.json`` until the run finishes."""
+    shown = 0
+    status, details = "", ""
+    while True:
+        shown = _echo_new_rounds(metrics, shown, echo)
+        status, details = superlink.run_status(run_id)
+        if status.startswith("finished"):
+            _echo_new_rounds(metrics, shown, echo)
+            return status, details
+        time.sleep(2.0)
+
+
+def _echo_new_rounds(metrics: Path, shown: int, echo) -> int:  # noqa: ANN001
+    try:
+        doc = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return shown
+    rounds = doc.get("rounds", [])
+    for entry in rounds[shown:]:
+        echo(progress_line(entry, doc.get("config", {}).get("rounds")))
+    return len(rounds)
+
+
+def report_run(status: str, details: str, out: Path, echo, command: str) -> int:  # noqa: ANN001
+    """Final lines and exit code, from the run status and the run folder."""
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        doc = {}
+    app_status = doc.get("status", "missing metrics.json")
+    if status == "finished:completed" and app_status == "completed":
+        final = doc["rounds"][-1]["central"]
+        echo(f"done: central accuracy {final['accuracy']:.4f}, macro F1 {final['f1_macro']:.4f}; "
+             f"model in {out / 'model'}, metrics in {out / 'metrics.json'}")
+        return 0
+    reason = app_status if app_status.startswith("failed") else (details or status)
+    echo(f"{command}: run {status or 'unknown'}: {reason}; see {out / 'run.log'}")
+    return 1
+
+
+# --- processes ----------------------------------------------------------------------
+
+
 def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """SIGTERM a child's process group, SIGKILL it after ``grace`` seconds."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
+    """Stop a child and every process below it: SIGTERM, then SIGKILL after ``grace`` s.
+
+    The child runs in its own process group, but flower-superlink starts
+    flower-superexec in yet another session, so the tree is collected from
+    ``/proc`` first and each process is signalled, not only the group.
+    """
+    pids = [process.pid, *_descendants(process.pid)]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(process.pid):
+            process.poll()
+            if not any(_alive(pid) for pid in pids):
                 return
             time.sleep(0.2)
     process.poll()
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in the group.
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, from /proc; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
 
-    Zombies count as dead: where PID 1 does not reap orphans they linger, and
-    waiting for them would only add the grace period to every stop.
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _proc_stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    # Zombies count as dead: where PID 1 does not reap orphans they linger.
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def _toml(value: Any) -> str:

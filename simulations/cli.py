@@ -3,6 +3,8 @@
 =================  ===========================================================
 ``simulate``       a federation of N clients on this machine (Ray)
 ``centralized``    the same training on the union of the clients' data
+``certs``          CA, server certificate and client keys for a deployment
+                   (``deploy.certs``)
 =================  ===========================================================
 
 Each subcommand's flags are the config keys it uses (``common.config``); a bad
@@ -12,6 +14,7 @@ flag or file ends with ``fedtext: error: <one line>`` and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -52,6 +55,17 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     return centralized(config_from_args(args))
 
 
+# Subcommands owned by other packages: each module exposes
+# add_arguments(parser) and run(args) -> int, imported only when used.
+MODULE_COMMANDS = [
+    ("certs", "create a CA, a server certificate and client keys", "deploy.certs"),
+]
+
+
+def _module_command(module: str) -> Callable[[argparse.Namespace], int]:
+    return lambda args: int(importlib.import_module(module).run(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedtext",
@@ -68,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(p, keys)
         p.set_defaults(handler=handler)
+    for name, help_text, module in MODULE_COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(handler=_module_command(module))
     return parser
 
 

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from common.config import FedTextConfig
@@ -20,8 +18,7 @@ from common.errors import FedTextError
 from common.packaged import PREFIX
 from common.splits import server_test_set, training_pool
 from common.partition import load_partition
-from server.outputs import progress_line
-from server.superlink import LocalSuperLink, stop_process_group
+from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
 
 
 def absolute(path: str) -> str:
@@ -51,13 +48,6 @@ def check_data(cfg: FedTextConfig) -> list[str]:
                 "use fewer clients or more data"
             )
     return test.label_names
-
-
-def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
-    """Every config key as TOML, for ``flwr run --run-config FILE``."""
-    lines = [f"{key} = {json.dumps(value)}" for key, value in cfg.to_mapping().items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
@@ -90,45 +80,4 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
         if logs is not None:
             stop_process_group(logs, grace=2.0)
         superlink.stop()
-    return report(status, details, out, echo)
-
-
-def follow_run(superlink: LocalSuperLink, run_id: int, metrics: Path, echo) -> tuple[str, str]:  # noqa: ANN001
-    """Print rounds as they land in ``metrics.json`` until the run finishes."""
-    shown = 0
-    status, details = "", ""
-    while True:
-        shown = _echo_new_rounds(metrics, shown, echo)
-        status, details = superlink.run_status(run_id)
-        if status.startswith("finished"):
-            _echo_new_rounds(metrics, shown, echo)
-            return status, details
-        time.sleep(2.0)
-
-
-def _echo_new_rounds(metrics: Path, shown: int, echo) -> int:  # noqa: ANN001
-    try:
-        doc = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return shown
-    rounds = doc.get("rounds", [])
-    for entry in rounds[shown:]:
-        echo(progress_line(entry, doc.get("config", {}).get("rounds")))
-    return len(rounds)
-
-
-def report(status: str, details: str, out: Path, echo) -> int:  # noqa: ANN001
-    """Final lines and exit code, from the run status and the run folder."""
-    try:
-        doc = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        doc = {}
-    app_status = doc.get("status", "missing metrics.json")
-    if status == "finished:completed" and app_status == "completed":
-        final = doc["rounds"][-1]["central"]
-        echo(f"done: central accuracy {final['accuracy']:.4f}, macro F1 {final['f1_macro']:.4f}; "
-             f"model in {out / 'model'}, metrics in {out / 'metrics.json'}")
-        return 0
-    reason = app_status if app_status.startswith("failed") else (details or status)
-    echo(f"fedtext simulate: run {status or 'unknown'}: {reason}; see {out / 'run.log'}")
-    return 1
+    return report_run(status, details, out, echo, "fedtext simulate")
