@@ -8,10 +8,14 @@ are imported inside the handlers, by ``client.local``.
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.secagg_mod import secagg_mod
+
 app = ClientApp()
 
 
-@app.train()
+# secagg_mod runs the secure-aggregation stages around this handler: the
+# update it returns is masked before it leaves the node (client/secagg_mod.py).
+@app.train(mods=[secagg_mod])
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply with the update."""
     from client.local import train_locally

@@ -128,6 +128,31 @@ class FedTextConfig:
         0.0, "Seconds to wait for clients' replies each round (0 = no limit)."
     )
 
+    # --- secure aggregation (SecAgg+, common/secagg) -------------------------
+    secagg: bool = _opt(
+        True,
+        "Mask every update so that the server learns only their sum (SecAgg+); "
+        "--no-secagg sends updates in the clear, for comparison.",
+    )
+    secagg_neighbours: int = _opt(
+        8, "Neighbours each client masks with (k); k >= clients-1 is classic SecAgg."
+    )
+    secagg_threshold: float = _opt(
+        0.6, "Shares needed to unmask, as a fraction of a client's neighbours (0.5, 1]."
+    )
+    secagg_clip: float = _opt(
+        0.5, "Each update element is clipped to [-clip, clip] before quantization."
+    )
+    secagg_bits: int = _opt(
+        24, "Quantization bits per element; clients x (2^bits - 1) must stay below 2^32."
+    )
+    secagg_max_weight: int = _opt(
+        10000, "Example counts are capped at this weight (and scale the encoding)."
+    )
+    secagg_timeout: float = _opt(
+        300.0, "Seconds the server waits for each protocol stage after training."
+    )
+
     # --- run ----------------------------------------------------------------
     seed: int = _opt(42, "Seed for model init, partitioning and data order.")
     out: str = _opt("runs/latest", "Run folder: metrics.json, model/, logs.")
@@ -263,6 +288,41 @@ def validate(cfg: FedTextConfig) -> None:
     _check(cfg.min_clients >= 1, "min-clients", ">= 1", cfg.min_clients)
     _check(cfg.round_timeout >= 0, "round-timeout", ">= 0", cfg.round_timeout)
     _check(bool(cfg.out.strip()), "out", "a folder path", cfg.out)
+    if cfg.secagg:
+        _validate_secagg(cfg)
+
+
+_SECAGG_KEYS = {
+    "num_neighbours": "secagg-neighbours", "threshold": "secagg-threshold",
+    "clip": "secagg-clip", "bits": "secagg-bits", "max_weight": "secagg-max-weight",
+    "stage_timeout_s": "secagg-timeout", "num_clients": "clients",
+}
+
+
+def _validate_secagg(cfg: FedTextConfig) -> None:
+    """SecAggParams checks its own ranges; report them under fedtext's key names."""
+    try:
+        params = secagg_params(cfg)
+        params.validate(max(cfg.clients, cfg.min_clients))
+    except ValueError as exc:
+        text = str(exc)
+        name = text.split(" ", 1)[0].split("=", 1)[0]
+        key = _SECAGG_KEYS.get(name, "secagg")
+        raise ConfigError(f"config key '{key}': {text}") from None
+
+
+def secagg_params(cfg: FedTextConfig):  # noqa: ANN201 - avoids importing secagg at module level
+    """The SecAgg+ parameters of a run (common.secagg.SecAggParams)."""
+    from common.secagg import SecAggParams
+
+    return SecAggParams(
+        num_neighbours=cfg.secagg_neighbours,
+        threshold=cfg.secagg_threshold,
+        clip=cfg.secagg_clip,
+        bits=cfg.secagg_bits,
+        max_weight=cfg.secagg_max_weight,
+        stage_timeout_s=cfg.secagg_timeout,
+    )
 
 
 def _is_positive_float(text: str) -> bool:
@@ -287,6 +347,12 @@ def add_config_arguments(
     for f in fields(FedTextConfig):
         key = to_key(f.name)
         if wanted is not None and key not in wanted:
+            continue
+        if f.type == "bool":
+            parser.add_argument(
+                f"--{key}", dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                help=f"{f.metadata['help']} (default: {f.default!r})",
+            )
             continue
         parser.add_argument(
             f"--{key}",

@@ -14,6 +14,12 @@ evaluate instruction   as the train instruction (``"arrays"`` = global weights)
 evaluate reply         ``"metrics"``: ``num-examples``, ``loss``, ``accuracy``,
                        ``confusion`` (row-major confusion matrix, for exact
                        aggregation)
+secure aggregation     with ``secagg`` on, a train round is four exchanges; each
+(both ways)            message adds a ``"secagg"`` ConfigRecord (the SecAgg+
+                       stage's request or reply, ``common/secagg/messages.py``),
+                       the stage-0 instruction also carries the fields above, and
+                       the stage-2 reply carries ``"secagg-masked"``: the masked
+                       update as one uint32 array. No update travels in the clear.
 =====================  =========================================================
 
 Frozen parameters never travel: both sides build the same frozen model
@@ -36,6 +42,8 @@ NUM_EXAMPLES = "num-examples"
 LABEL_NAMES = "label-names"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+SECAGG = "secagg"
+SECAGG_MASKED = "secagg-masked"
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

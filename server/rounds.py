@@ -35,6 +35,7 @@ from common.splits import server_test_set
 from server.aggregation import Aggregation, PlainAggregation, apply_update
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
+from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy
 
 log = logging.getLogger("fedtext.server")
@@ -48,11 +49,12 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
     dict
         The final central metrics.
     """
-    aggregation = aggregation or PlainAggregation()
+    aggregation = aggregation or (SecureAggregation(cfg) if cfg.secagg else PlainAggregation())
     test = server_test_set(cfg)
     labels = test.label_names
     model = GlobalModel(cfg, labels)
     log.info("%s", model.describe())
+    log.info("aggregation: %s", "SecAgg+ (server sees only the sum)" if cfg.secagg else "plain (--no-secagg)")
     log.info("server test set: %d rows from %s; labels: %s", len(test), test.source, ", ".join(labels))
     recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()})
     strategy = build_strategy(cfg)

@@ -33,6 +33,8 @@ TRAINING_KEYS = [
 FEDERATION_KEYS = [
     "strategy", "server-lr", "server-momentum", "fraction-train", "fraction-evaluate",
     "min-clients", "round-timeout", "client-cpus", "client-gpus",
+    "secagg", "secagg-neighbours", "secagg-threshold", "secagg-clip", "secagg-bits",
+    "secagg-max-weight", "secagg-timeout",
 ]
 
 
@@ -59,6 +61,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 # add_arguments(parser) and run(args) -> int, imported only when used.
 MODULE_COMMANDS = [
     ("certs", "create a CA, a server certificate and client keys", "deploy.certs"),
+    ("server", "run the coordinating SuperLink of a deployment (TLS, node auth)", "server.launch"),
+    ("client", "join a deployment as a data-holding SuperNode", "client.launch"),
 ]
 
 

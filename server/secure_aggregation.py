@@ -1,0 +1,181 @@
+"""Server half of secure aggregation: the server learns only the sum of the updates.
+
+:class:`SecureAggregation` is an :class:`~server.aggregation.Aggregation`, so the
+round loop and the strategies are the same as in the clear. It drives the four
+SecAgg+ stages (``common.secagg``) over Flower's Message API:
+
+=======  ================================================================
+stage 0  the strategy's train instructions + the stage-0 request; clients
+         train, keep their update, and answer with public keys
+stage 1  relay each client's neighbours' keys; collect encrypted shares
+stage 2  relay the shares; collect **masked** updates (uint32, 4 B/param)
+stage 3  tell each client who survived; collect the shares that unmask the sum
+=======  ================================================================
+
+``SecAggServer.finish`` returns the example-weighted mean of the survivors'
+updates and their total weight, which is all the strategy ever sees. A client
+lost at any stage is left out of the sum as long as enough remain; every stage
+waits at most its timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import FedTextConfig, secagg_params
+from common.messages import ARRAYS, METRICS, SECAGG, record_bytes
+from common.messages import SECAGG_MASKED as MASKED
+from common.secagg import SecAggError, SecAggServer
+from server.aggregation import RoundUpdate
+
+log = logging.getLogger("fedtext.server")
+
+
+class SecureAggregation:
+    """Updates masked with SecAgg+; the server unmasks only their sum.
+
+    Parameters
+    ----------
+    cfg : FedTextConfig
+        ``secagg-*`` keys (neighbours, threshold, clip, bits, max weight,
+        stage timeout) and ``round-timeout`` (waiting for training).
+    """
+
+    def __init__(self, cfg: FedTextConfig) -> None:
+        self.params = secagg_params(cfg)
+
+    def collect(
+        self,
+        grid: Grid,
+        instructions: list[Message],
+        current: dict[str, np.ndarray],
+        timeout: float | None,
+    ) -> RoundUpdate | None:
+        """Run one SecAgg+ round over the nodes the strategy sampled."""
+        if not instructions:
+            return None
+        nodes = [m.metadata.dst_node_id for m in instructions]
+        self.params.validate(len(nodes))
+        server = SecAggServer(self.params, round_id=os.urandom(16))
+        traffic = _Traffic()
+        problems: list[str] = []
+        try:
+            # Stage 0 carries the train instruction: its wait covers training.
+            requests0 = server.stage0_requests(nodes)
+            replies = self._exchange(grid, instructions, requests0, timeout, traffic, problems, train=True)
+            train_metrics = [dict(r.content.metric_records[METRICS]) for r in replies.values()
+                             if METRICS in r.content.metric_records]
+            answers = _answers(replies)
+            for stage, step in ((1, server.stage1_requests), (2, server.stage2_requests),
+                                (3, server.stage3_requests)):
+                requests = step(answers)
+                replies = self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
+                                         traffic, problems)
+                answers = _answers(replies, with_masked=(stage == 2))
+            result = server.finish(answers)
+        except SecAggError as exc:
+            problems.append(f"secure aggregation failed: {exc}")
+            for line in problems:
+                log.warning("round update left out: %s", line)
+            return None
+        problems += [f"node {n}: dropped at stage {s}" for n, s in sorted(server.dropped.items())]
+        problems += [f"node {n}: {why}" for n, why in sorted(server.rejected.items())]
+        for line in problems:
+            log.warning("secure aggregation: %s", line)
+        return RoundUpdate(
+            mean_update=_unflatten(result.mean_update, current),
+            total_examples=int(result.total_weight),
+            num_clients=len(result.survivors),
+            train_metrics=_mean(train_metrics),
+            bytes_up=traffic.up,
+            bytes_down=traffic.down,
+            problems=problems,
+        )
+
+    def _exchange(
+        self,
+        grid: Grid,
+        instructions: list[Message],
+        requests: Mapping[int, Mapping[str, Any]],
+        timeout: float | None,
+        traffic: _Traffic,
+        problems: list[str],
+        train: bool = False,
+    ) -> dict[int, Message]:
+        """Send one stage's requests; return the valid replies by node."""
+        by_node = {m.metadata.dst_node_id: m for m in instructions}
+        messages = []
+        for node, request in requests.items():
+            content = RecordDict({SECAGG: ConfigRecord(dict(request))})
+            if train:  # the strategy's instruction (arrays + config) rides along
+                for key, record in by_node[node].content.items():
+                    content[key] = record
+                traffic.down += record_bytes(by_node[node].content.array_records[ARRAYS])
+            traffic.down += _config_bytes(request)
+            messages.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
+        replies: dict[int, Message] = {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                problems.append(f"node {node}: {reply.error.reason}")
+            elif SECAGG not in reply.content.config_records:
+                problems.append(f"node {node}: reply without a '{SECAGG}' record")
+            else:
+                replies[node] = reply
+                traffic.up += _config_bytes(reply.content.config_records[SECAGG])
+                if MASKED in reply.content.array_records:
+                    traffic.up += record_bytes(reply.content.array_records[MASKED])
+        return replies
+
+
+class _Traffic:
+    """Payload bytes each way over a round."""
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+
+
+def _answers(replies: Mapping[int, Message], with_masked: bool = False) -> dict[int, dict[str, Any]]:
+    answers = {}
+    for node, reply in replies.items():
+        answer = dict(reply.content.config_records[SECAGG])
+        if with_masked and MASKED in reply.content.array_records:
+            answer["masked"] = reply.content.array_records[MASKED]["masked"].numpy()
+        answers[node] = answer
+    return answers
+
+
+def _config_bytes(values: Mapping[str, Any]) -> int:
+    total = 0
+    for v in values.values():
+        items = v if isinstance(v, list) else [v]
+        total += sum(len(x) if isinstance(x, (bytes, str)) else 8 for x in items)
+    return total
+
+
+def _unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Split the aggregate back into named arrays, in the instruction's order."""
+    expected = sum(a.size for a in like.values())
+    if flat.size != expected:
+        raise SecAggError(f"aggregate has {flat.size} values, expected {expected}")
+    out, start = {}, 0
+    for name, array in like.items():
+        out[name] = flat[start : start + array.size].reshape(array.shape).astype(np.float32)
+        start += array.size
+    return out
+
+
+def _mean(metrics: list[dict]) -> dict[str, float]:
+    """Unweighted mean: example counts stay under the mask in secure mode."""
+    if not metrics:
+        return {}
+    keys = set.intersection(*(set(m) for m in metrics))
+    return {k: float(np.mean([float(m[k]) for m in metrics])) for k in sorted(keys)}
