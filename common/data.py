@@ -126,6 +126,10 @@ def _explain_read_error(exc: BaseException, builder: str) -> str:
                 f"not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset "
                 f"{cause.start} of a chunk); re-save the file as UTF-8"
             )
+        # A CSV with a header and no rows gives datasets no table at all, so it
+        # fails here rather than reaching the len(ds) == 0 check of read_table.
+        if "corresponds to no data" in str(cause):
+            return "no rows (expected a header and rows)"
     return f"cannot be read as {builder} ({_first_line(_causes(exc)[-1])})"
 
 

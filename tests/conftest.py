@@ -1,0 +1,105 @@
+"""Shared fixtures of the core tests: offline Hugging Face, tiny configs, real rows.
+
+The environment variables are set at import, before any test module imports
+``datasets`` or ``transformers``: both read them once, at their own import.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from common.config import FedTextConfig  # noqa: E402
+
+TINY = {"num_hidden_layers": 1, "max_length": 32, "batch_size": 8}
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., FedTextConfig]:
+    """Factory of small, fast configs: 1 encoder layer, 32 tokens, batch 8."""
+
+    def make(**changes: Any) -> FedTextConfig:
+        return FedTextConfig(**{**TINY, **changes})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def rt_rows() -> list[dict[str, str]]:
+    """All packaged Rotten Tomatoes rows (text, label, movie_name), loaded once."""
+    from common.packaged import packaged_dataset
+
+    return packaged_dataset("rotten_tomatoes").to_list()
+
+
+@pytest.fixture(scope="session")
+def sample_rows(rt_rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A few dozen real rows, both labels present, taken deterministically."""
+    fresh = [r for r in rt_rows if r["label"] == "fresh"][:18]
+    rotten = [r for r in rt_rows if r["label"] == "rotten"][:18]
+    rows = [r for pair in zip(fresh, rotten, strict=True) for r in pair]
+    return [{"text": r["text"], "label": r["label"]} for r in rows]
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], sep: str = ",") -> Path:
+    """Rows as a CSV/TSV file with a header (pandas quotes what needs quoting)."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False, sep=sep)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows as JSON lines."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows as a parquet file."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def data_files(tmp_path: Path, sample_rows: list[dict[str, str]]) -> dict[str, Path]:
+    """The same real rows as CSV, TSV, JSONL, parquet and a saved datasets folder."""
+    import datasets
+
+    files = {
+        "csv": write_csv(tmp_path / "rows.csv", sample_rows),
+        "tsv": write_csv(tmp_path / "rows.tsv", sample_rows, sep="\t"),
+        "jsonl": write_jsonl(tmp_path / "rows.jsonl", sample_rows),
+        "parquet": write_parquet(tmp_path / "rows.parquet", sample_rows),
+    }
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(sample_rows).save_to_disk(str(folder))
+    files["saved"] = folder
+    return files
+
+
+@pytest.fixture
+def flwr_identity() -> Any:
+    """Set Flower's task identity so that Messages can be built outside a runtime."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    yield TaskIdentity
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

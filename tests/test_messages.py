@@ -1,0 +1,212 @@
+"""The message contract: valid messages round-trip, malformed peer messages are refused in one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from common.messages import (
+    evaluate_reply,
+    from_array_record,
+    instruction_config,
+    parse_evaluate_reply,
+    parse_instruction,
+    parse_train_reply,
+    record_bytes,
+    to_array_record,
+    train_reply,
+)
+
+EXPECTED = {"classifier.weight": np.zeros((2, 4), np.float32), "classifier.bias": np.zeros(2, np.float32)}
+
+
+def _update() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {k: rng.normal(size=v.shape).astype(np.float32) for k, v in EXPECTED.items()}
+
+
+def _one_line_error(fn: Callable[[], object], *parts: str) -> None:
+    with pytest.raises(ValueError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, (part, message)
+
+
+# --- arrays -----------------------------------------------------------------------
+
+
+def test_array_record_round_trip_keeps_order_values_and_size() -> None:
+    arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3).T, "a": np.ones(3, np.float32)}
+    record = to_array_record(arrays)  # a transposed (non-contiguous) array too
+    back = from_array_record(record)
+    assert list(back) == ["b", "a"]
+    for k in arrays:
+        np.testing.assert_array_equal(back[k], arrays[k])
+    # float32 payload plus one .npy header (128 bytes) per array, as serialized.
+    assert 4 * 9 <= record_bytes(record) <= 4 * 9 + 2 * 128
+
+
+# --- instructions -------------------------------------------------------------------
+
+
+def _instruction(**config_changes: object) -> RecordDict:
+    config = instruction_config(3, ["rotten", "fresh"])
+    for k, v in config_changes.items():
+        if v is None:
+            del config[k]
+        else:
+            config[k] = v
+    return RecordDict({"arrays": to_array_record(_update()), "config": config})
+
+
+def test_instruction_round_trip() -> None:
+    parsed = parse_instruction(_instruction())
+    assert parsed.server_round == 3
+    assert parsed.label_names == ["rotten", "fresh"]
+    assert parsed.proximal_mu == 0.0
+    for k, v in _update().items():
+        np.testing.assert_array_equal(parsed.arrays[k], v)
+    assert parse_instruction(_instruction(**{"proximal-mu": 0.01})).proximal_mu == 0.01
+
+
+def test_instruction_without_records() -> None:
+    config = instruction_config(1, ["a", "b"])
+    _one_line_error(lambda: parse_instruction(RecordDict({"config": config})), "'arrays'")
+    _one_line_error(lambda: parse_instruction(RecordDict({"arrays": to_array_record(_update())})), "'config'")
+
+
+@pytest.mark.parametrize("labels", [None, ["only"], "a,b", ["a", 3]])
+def test_instruction_with_bad_labels(labels: object) -> None:
+    if labels == ["a", 3]:
+        content = _instruction()
+        content.config_records["config"]["label-names"] = [1, 2]
+    else:
+        content = _instruction(**{"label-names": labels})
+    _one_line_error(lambda: parse_instruction(content), "'label-names'")
+
+
+@pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf")])
+def test_instruction_with_bad_proximal_mu(mu: float) -> None:
+    _one_line_error(lambda: parse_instruction(_instruction(**{"proximal-mu": mu})), "'proximal-mu'")
+
+
+# --- train replies ------------------------------------------------------------------
+
+
+def test_train_reply_round_trip() -> None:
+    update = _update()
+    parsed = parse_train_reply(train_reply(update, 40, 0.7, 5, 1.5), EXPECTED)
+    assert parsed.num_examples == 40
+    assert parsed.metrics["train-loss"] == pytest.approx(0.7)
+    assert parsed.metrics["train-steps"] == 5
+    assert list(parsed.update) == list(EXPECTED)
+    for k in update:
+        np.testing.assert_array_equal(parsed.update[k], update[k])
+        assert parsed.update[k].dtype == np.float32
+
+
+def _reply_with(arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None,
+                drop: str | None = None) -> RecordDict:
+    content = train_reply(_update(), 40, 0.7, 5, 1.5)
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    if metrics is not None:
+        content["metrics"] = MetricRecord(metrics)
+    if drop is not None:
+        del content[drop]
+    return content
+
+
+def test_train_reply_missing_records() -> None:
+    _one_line_error(lambda: parse_train_reply(_reply_with(drop="arrays"), EXPECTED), "'arrays'")
+    _one_line_error(lambda: parse_train_reply(_reply_with(drop="metrics"), EXPECTED), "'metrics'")
+
+
+def test_train_reply_wrong_array_name() -> None:
+    bad = _update()
+    bad["classifier.bias_"] = bad.pop("classifier.bias")
+    _one_line_error(lambda: parse_train_reply(_reply_with(arrays=bad), EXPECTED), "'classifier.bias")
+    missing = _update()
+    del missing["classifier.weight"]
+    _one_line_error(lambda: parse_train_reply(_reply_with(arrays=missing), EXPECTED), "'classifier.weight'")
+
+
+def test_train_reply_wrong_shape() -> None:
+    bad = _update()
+    bad["classifier.weight"] = bad["classifier.weight"].reshape(4, 2)
+    _one_line_error(lambda: parse_train_reply(_reply_with(arrays=bad), EXPECTED),
+                    "'classifier.weight'", "(4, 2)", "(2, 4)")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_train_reply_non_finite(value: float) -> None:
+    bad = _update()
+    bad["classifier.bias"][1] = value
+    _one_line_error(lambda: parse_train_reply(_reply_with(arrays=bad), EXPECTED), "'classifier.bias'", "NaN or inf")
+
+
+@pytest.mark.parametrize("num", [-1, 2.5, -3.0, None])
+def test_train_reply_bad_num_examples(num: object) -> None:
+    metrics = {"train-loss": 0.5}
+    if num is not None:
+        metrics["num-examples"] = num
+    _one_line_error(lambda: parse_train_reply(_reply_with(metrics=metrics), EXPECTED), "'num-examples'")
+
+
+def test_train_reply_whole_float_num_examples_is_accepted() -> None:
+    parsed = parse_train_reply(_reply_with(metrics={"num-examples": 12.0}), EXPECTED)
+    assert parsed.num_examples == 12 and isinstance(parsed.num_examples, int)
+
+
+# --- evaluate replies ---------------------------------------------------------------
+
+
+def _metrics_for(cm: list[list[int]], loss: float = 0.4) -> dict:
+    cm_arr = np.asarray(cm)
+    return {"confusion_matrix": cm, "loss": loss, "accuracy": float(np.trace(cm_arr) / cm_arr.sum())}
+
+
+def test_evaluate_reply_round_trip() -> None:
+    cm = [[5, 1], [2, 7]]
+    confusion, loss, num = parse_evaluate_reply(evaluate_reply(_metrics_for(cm), 15), 2)
+    assert confusion.tolist() == cm and num == 15 and loss == pytest.approx(0.4)
+
+
+def _eval_content(**metrics: object) -> RecordDict:
+    base = {"num-examples": 15, "loss": 0.4, "accuracy": 0.8, "confusion": [5, 1, 2, 7]}
+    base.update(metrics)
+    return RecordDict({"metrics": MetricRecord({k: v for k, v in base.items() if v is not None})})
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"confusion": [5, 1, 2, 6]}, "'confusion' does not add up"),
+        ({"confusion": [5, 1, 2]}, "'confusion' must hold 4"),
+        ({"confusion": [5, 1, 2, 7, 0]}, "'confusion' must hold 4"),
+        ({"confusion": [6, 1, 9, -1]}, "'confusion' must hold 4 counts >= 0"),
+        ({"confusion": None}, "'confusion'"),
+        ({"num-examples": -15}, "'num-examples'"),
+        ({"num-examples": 14.5}, "'num-examples'"),
+        ({"num-examples": None}, "'num-examples'"),
+        ({"loss": float("nan")}, "'loss'"),
+        ({"loss": None}, "'loss'"),
+    ],
+)
+def test_evaluate_reply_malformed(changes: dict, needle: str) -> None:
+    _one_line_error(lambda: parse_evaluate_reply(_eval_content(**changes), 2), needle)
+
+
+def test_evaluate_reply_without_metrics() -> None:
+    _one_line_error(lambda: parse_evaluate_reply(RecordDict({}), 2), "'metrics'")
+
+
+def test_instruction_config_contents() -> None:
+    config = instruction_config(4, ["x", "y", "z"])
+    assert isinstance(config, ConfigRecord)
+    assert dict(config) == {"server-round": 4, "label-names": ["x", "y", "z"]}
