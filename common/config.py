@@ -123,7 +123,7 @@ class FedTextConfig:
     fraction_evaluate: float = _opt(
         1.0, "Share of connected clients sampled to evaluate (0 = central only)."
     )
-    min_clients: int = _opt(2, "Clients that must be connected before a round starts.")
+    min_clients: int = _opt(3, "Clients that must be connected before a round starts.")
     round_timeout: float = _opt(
         0.0, "Seconds to wait for clients' replies each round (0 = no limit)."
     )
@@ -301,6 +301,15 @@ _SECAGG_KEYS = {
 
 def _validate_secagg(cfg: FedTextConfig) -> None:
     """SecAggParams checks its own ranges; report them under fedtext's key names."""
+    # With two clients each one can work out the other's update from its own
+    # and the new global model, and a Shamir threshold t >= 2 among a single
+    # neighbour cannot be met: refuse rather than pretend to protect them.
+    for key, value in (("clients", cfg.clients), ("min-clients", cfg.min_clients)):
+        if value < 3:
+            raise ConfigError(
+                f"config key '{key}': secure aggregation needs at least 3 clients per round, "
+                f"got {value}; add clients or pass --no-secagg"
+            )
     try:
         params = secagg_params(cfg)
         params.validate(max(cfg.clients, cfg.min_clients))

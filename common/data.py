@@ -174,15 +174,21 @@ def label_to_name(value: Any) -> str:
     return str(value).strip()
 
 
-def discover_labels(ds: datasets.Dataset, label_column: str, source: str) -> list[str]:
-    """Sorted distinct label names of a dataset (numeric order when all are ints)."""
+def discover_labels(
+    ds: datasets.Dataset, label_column: str, source: str, min_distinct: int = 2
+) -> list[str]:
+    """Sorted distinct label names of a dataset (numeric order when all are ints).
+
+    A federation needs two labels, but one client may well hold a single one:
+    ``min_distinct`` says which of the two is being checked.
+    """
     _require_columns(ds, [label_column], source)
     names = {label_to_name(v) for v in ds[label_column] if v is not None}
     names.discard("")
-    if len(names) < 2:
+    if len(names) < min_distinct:
         raise DataError(
             f"data file '{source}': column '{label_column}' has {len(names)} distinct "
-            "label(s); expected at least 2"
+            f"label(s); expected at least {min_distinct}"
         )
     if all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
@@ -207,6 +213,7 @@ def load_labeled(
     label_column: str = "label",
     label_names: list[str] | None = None,
     keep_columns: tuple[str, ...] = (),
+    min_distinct_labels: int = 2,
 ) -> LabeledData:
     """Read and validate a labeled text file.
 
@@ -221,6 +228,9 @@ def load_labeled(
         them. When ``None`` the sorted labels found in the file are used.
     keep_columns : tuple[str, ...]
         Extra columns to keep (e.g. the one a ``column:NAME`` split uses).
+    min_distinct_labels : int
+        When labels are read from the file, how many it must hold (a single
+        client's file may hold only one).
 
     Raises
     ------
@@ -231,7 +241,7 @@ def load_labeled(
     raw = read_table(path)
     _require_columns(raw, [text_column, label_column, *keep_columns], source)
     if label_names is None:
-        label_names = discover_labels(raw, label_column, source)
+        label_names = discover_labels(raw, label_column, source, min_distinct_labels)
     ids = {name: i for i, name in enumerate(label_names)}
     texts = raw[text_column]
     labels = raw[label_column]

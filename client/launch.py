@@ -1,0 +1,305 @@
+"""``fedtext client``: join a deployment as a data-holding SuperNode.
+
+1. check the data file first (readable, UTF-8, columns present, no empty text or
+   label, at least 2 rows, labels within ``--labels`` when given): a bad file
+   ends with ``fedtext: error: <one line>`` and exit code 2 before anything
+   connects anywhere;
+2. check ``--server HOST:PORT``, the CA certificate and the SuperNode key
+   (an EC key in OpenSSH PRIVATE format, as ``fedtext certs`` writes it);
+3. run ``flower-supernode`` as a child in its own session, with the data file's
+   absolute path in its node config (``data-path``): the rows never leave this
+   machine, the ClientApp reads them here; forward its output and return its
+   exit code; stop it and everything below it on SIGTERM or Ctrl-C.
+
+Without ``--labels`` the label *set* cannot be checked here: the server sends
+the federation's labels with every instruction and the ClientApp validates the
+file against them again (``common.splits.client_file_data``).
+
+Module-level imports stay light: the CLI imports this module for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError, DataError
+
+# Flower exits with these codes (sys.exit truncates them to code % 256).
+EXIT_REASONS = {
+    302: "the SuperNode key could not be loaded (expected EC, OpenSSH PRIVATE format)",
+    305: "the server refused this SuperNode's key: it is not registered on the server "
+         "(its .pub must be in the server's --authorized-keys folder)",
+}
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9.-]{1,253}$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fedtext client``."""
+    parser.add_argument("--server", required=True, metavar="HOST:PORT",
+                        help="Address of the fedtext server (SuperLink), e.g. fl.example.org:9091.")
+    parser.add_argument("--data", required=True, type=Path, metavar="FILE",
+                        help="This client's labeled text (CSV, TSV, JSONL, parquet or a saved "
+                             "datasets folder). Only its path is shared with the local ClientApp.")
+    parser.add_argument("--ca", type=Path, default=None, metavar="FILE",
+                        help="CA certificate (ca.crt from `fedtext certs`) that signed the server's.")
+    parser.add_argument("--key", type=Path, default=None, metavar="FILE",
+                        help="This SuperNode's private key (clients/client-<i>.key, OpenSSH format); "
+                             "its .pub must be registered on the server.")
+    parser.add_argument("--insecure", action="store_true",
+                        help="Plain HTTP, no key (only against a `fedtext server --insecure`).")
+    parser.add_argument("--port", type=int, default=0,
+                        help="Local port of this SuperNode's ClientApp API on 127.0.0.1 "
+                             "(default: a free one; clients sharing a host need distinct ports).")
+    parser.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
+    parser.add_argument("--label-column", default="label", help="Column holding the label (default: label).")
+    parser.add_argument("--labels", default="",
+                        help="The federation's labels, comma-separated, to check the file against "
+                             "before joining. Empty: checked by the ClientApp against the labels "
+                             "the server sends.")
+    parser.add_argument("--partition-id", type=int, default=None,
+                        help="A number for this client in logs and seeds (optional).")
+    parser.add_argument("--home", type=Path, default=None, metavar="DIR",
+                        help="Folder for this SuperNode's Flower state (default: "
+                             "~/.fedtext/client-<hash of server and key>).")
+
+
+# --- checks -------------------------------------------------------------------------
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); one-line ConfigError otherwise."""
+    text = value.strip()
+    if "://" in text:
+        raise ConfigError(f"--server {value!r}: expected HOST:PORT without a scheme")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"--server {value!r}: write IPv6 addresses as [ADDRESS]:PORT")
+    if not sep or not host:
+        raise ConfigError(f"--server {value!r}: expected HOST:PORT, e.g. fl.example.org:9091")
+    if not text.startswith("[") and not _HOSTNAME.match(host):
+        raise ConfigError(f"--server {value!r}: {host!r} is not a host name or address")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--server {value!r}: port must be a number in 1-65535, got {port!r}")
+    return host, int(port)
+
+
+def parse_labels(text: str) -> list[str] | None:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        return None
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"--labels {text!r}: expected at least 2 distinct comma-separated names")
+    return names
+
+
+def check_data(path: Path, text_column: str, label_column: str, labels: list[str] | None) -> int:
+    """Validate the client's file like the ClientApp will; return its row count."""
+    from common import data
+
+    if not text_column or not label_column or text_column == label_column:
+        raise ConfigError("--label-column: expected a column other than --text-column")
+    source = str(path)
+    # Without --labels any non-empty label passes here, even a single class:
+    # the ClientApp checks membership against the label set the server sends.
+    rows = len(data.load_labeled(path, text_column, label_column, labels, min_distinct_labels=1))
+    if rows < 2:
+        raise DataError(f"data file '{source}': {rows} row(s); a client needs at least 2")
+    return rows
+
+
+def check_ca(path: Path | None) -> Path:
+    from cryptography import x509
+
+    if path is None:
+        raise ConfigError("--ca: required (ca.crt from the server operator); "
+                          "--insecure only against an insecure test server")
+    if not path.is_file():
+        raise ConfigError(f"--ca '{path}': not found")
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--ca '{path}': not a PEM certificate") from exc
+    return path.resolve()
+
+
+def check_key(path: Path | None) -> Path:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    if path is None:
+        raise ConfigError("--key: required (clients/client-<i>.key from `fedtext certs`)")
+    if not path.is_file():
+        raise ConfigError(f"--key '{path}': not found")
+    try:
+        key = load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(
+            f"--key '{path}': not an unencrypted OpenSSH private key "
+            "(use clients/client-<i>.key from `fedtext certs`)"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"--key '{path}': expected an EC (NIST curve) key, got {type(key).__name__}")
+    return path.resolve()
+
+
+def check_local_port(port: int) -> int:
+    import socket
+
+    if port == 0:
+        from server.superlink import free_port
+
+        return free_port()
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected 1-65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: already in use on 127.0.0.1 "
+                              "(give each client on this host its own --port)") from exc
+    return port
+
+
+def _toml_str(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_node_config(home: Path, data: Path, args: argparse.Namespace) -> Path:
+    """The SuperNode's node config as a TOML file (any path survives the quoting)."""
+    lines = [
+        f"data-path = {_toml_str(str(data))}",
+        f"text-column = {_toml_str(args.text_column)}",
+        f"label-column = {_toml_str(args.label_column)}",
+    ]
+    if args.partition_id is not None:
+        lines.append(f"partition-id = {int(args.partition_id)}")
+    path = home / "node_config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def default_home(server: str, key: Path | None, data: Path) -> Path:
+    digest = hashlib.sha256(f"{server}\n{key}\n{data}".encode()).hexdigest()[:12]
+    return Path.home() / ".fedtext" / f"client-{digest}"
+
+
+# --- the command --------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedtext client``; returns the SuperNode's exit code."""
+    if args.partition_id is not None and args.partition_id < 0:
+        raise ConfigError(f"--partition-id: expected >= 0, got {args.partition_id}")
+    data_path = args.data.expanduser()
+    check_data(data_path, args.text_column, args.label_column, parse_labels(args.labels))
+    data_path = data_path.resolve()
+    host, port = parse_server(args.server)
+    if args.insecure:
+        if args.ca is not None or args.key is not None:
+            raise ConfigError("--insecure: cannot be combined with --ca/--key")
+        ca = key = None
+    else:
+        ca = check_ca(args.ca)
+        key = check_key(args.key)
+    local_port = check_local_port(args.port)
+    home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+
+    from server.launch import ignore_signals, install_signal_handlers
+    from server.superlink import _descendants, flower_env, flwr_bin, stop_process_group
+
+    node_config = write_node_config(home, data_path, args)
+    superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cmd = [flwr_bin("flower-supernode"), "--superlink", superlink,
+           "--node-config", str(node_config), "--isolation", "subprocess",
+           "--host", "127.0.0.1", "--port", str(local_port)]
+    if args.insecure:
+        cmd.append("--insecure")
+        print("fedtext client: warning: --insecure: plain HTTP, no SuperNode authentication; "
+              "throw-away local tests only", file=sys.stderr)
+    else:
+        cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+    print(f"fedtext client: joining {superlink} with {data_path} "
+          f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home})", flush=True)
+
+    import subprocess
+    import threading
+
+    install_signal_handlers()
+    process: subprocess.Popen[bytes] | None = None
+    seen: set[int] = set()
+    tree: set[int] = set()
+    try:
+        process = subprocess.Popen(cmd, env=flower_env(home), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        forward = threading.Thread(target=_forward, args=(process.stdout, seen), daemon=True)
+        forward.start()
+        # Not "until EOF": flower-superexec (a grandchild in its own session) keeps
+        # the pipe open after the SuperNode is gone. Remember the tree while the
+        # SuperNode lives: once it exits, its children are reparented away from it.
+        while process.poll() is None:
+            tree.update(_descendants(process.pid))
+            time.sleep(0.5)
+        code = process.returncode
+        forward.join(timeout=1.0)
+    finally:
+        ignore_signals()
+        if process is not None:
+            stop_process_group(process, grace=5.0)
+        _stop_pids(tree)
+    return _report_exit(code, seen)
+
+
+def _forward(stream: Any, seen: set[int]) -> None:
+    """Copy the SuperNode's output to ours, noting Flower exit codes it reports."""
+    for raw in stream:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+        seen.update(_flower_exit_codes(raw))
+
+
+def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, processes that were below the SuperNode."""
+    import os
+    import signal
+
+    from server.superlink import _alive
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_alive(p) for p in alive):
+            time.sleep(0.2)
+
+
+def _flower_exit_codes(line: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"Exit Code: (\d+)", line)]
+
+
+def _report_exit(code: int, seen: set[int]) -> int:
+    if code == 0:
+        return 0
+    # Flower prints "Exit Code: N" but its process may end with another status.
+    flower = min(seen) if seen else None
+    reason = EXIT_REASONS.get(flower if flower is not None else -1, "see the SuperNode output above")
+    print(f"fedtext client: SuperNode exited with code {flower if flower is not None else code}: {reason}",
+          file=sys.stderr)
+    return code

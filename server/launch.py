@@ -1,0 +1,253 @@
+"""``fedtext server``: run the coordinating SuperLink of a real deployment.
+
+1. check every input first (flags, certificate files, authorized keys, the
+   server's test data) so a mistake ends in one line before anything starts;
+2. start a SuperLink (``server.superlink.LocalSuperLink``) with TLS and
+   SuperNode authentication (unless ``--insecure``) and register every client
+   public key found in ``--authorized-keys``;
+3. submit the fedtext app with the run config written to ``OUT/run_config.toml``;
+   the strategy waits until ``--min-clients`` SuperNodes are connected;
+4. print each round as the ServerApp records it, copy its logs to ``OUT/run.log``;
+5. exit 0 only when the run finished as ``completed``; stop every process it
+   started on exit, on SIGTERM and on Ctrl-C.
+
+Module-level imports stay light: the CLI imports this module for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.config import FedTextConfig, add_config_arguments
+from common.errors import ConfigError
+
+# Keys of `fedtext simulate` that describe the simulated federation only: the
+# SuperNodes hold their own data, so the server has no `data` to split.
+SIMULATION_ONLY_KEYS = {"data", "clients", "partition", "client-cpus", "client-gpus"}
+TLS_FILES = ("ca.crt", "server.pem", "server.key")
+DEFAULT_PORT = 9091
+
+
+def server_keys() -> list[str]:
+    from simulations.cli import FEDERATION_KEYS, TRAINING_KEYS
+
+    return [k for k in TRAINING_KEYS + FEDERATION_KEYS if k not in SIMULATION_ONLY_KEYS]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fedtext server``."""
+    g = parser.add_argument_group("deployment")
+    g.add_argument("--certs", type=Path, default=None, metavar="DIR",
+                   help="Folder with ca.crt, server.pem and server.key (from `fedtext certs`).")
+    g.add_argument("--authorized-keys", type=Path, default=None, metavar="DIR",
+                   help="Folder of SuperNode public keys (*.pub, OpenSSH format; *.id.pub "
+                        "identity keys are skipped); each is registered with the SuperLink.")
+    g.add_argument("--host", default="0.0.0.0",
+                   help="Interface the SuperLink listens on (default: 0.0.0.0).")
+    g.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"Port of the SuperLink's HTTPS API, the one clients dial (default: {DEFAULT_PORT}).")
+    g.add_argument("--insecure", action="store_true",
+                   help="Plain HTTP and no SuperNode authentication. Throw-away local tests only.")
+    g.add_argument("--run-config", type=Path, default=None, metavar="FILE",
+                   help="TOML file of config keys (kebab-case); flags given here override it.")
+    add_config_arguments(parser, server_keys())
+
+
+# --- checks (no process started yet) ------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> FedTextConfig:
+    base: dict[str, Any] = {}
+    if args.run_config is not None:
+        import tomllib
+
+        path = args.run_config
+        try:
+            base = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"--run-config '{path}': cannot read ({exc.strerror or exc})") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--run-config '{path}': not TOML ({str(exc).splitlines()[0]})") from exc
+        bad = sorted(k for k in base if k.replace("_", "-") in SIMULATION_ONLY_KEYS - {"data"})
+        if bad:
+            raise ConfigError(f"--run-config '{path}': key '{bad[0]}' is for `fedtext simulate` only")
+        try:
+            FedTextConfig.from_mapping(base)
+        except ConfigError as exc:
+            raise ConfigError(f"--run-config '{path}': {exc}") from exc
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k.replace("_", "-") in FedTextConfig.keys()}
+    cfg = FedTextConfig.from_mapping({**base, **given})
+    return prepare_server_config(cfg)
+
+
+def prepare_server_config(cfg: FedTextConfig) -> FedTextConfig:
+    """Absolute paths for the ServerApp (it runs in another folder)."""
+    from simulations.simulate import absolute
+
+    return cfg.replace(
+        data=absolute(cfg.data),
+        test_data=absolute(cfg.test_data),
+        out=str(Path(cfg.out).expanduser().resolve()),
+        clients=min(max(cfg.min_clients, 1), 1000),
+    )
+
+
+def check_endpoint(host: str, port: int) -> None:
+    if not host.strip() or any(c.isspace() for c in host):
+        raise ConfigError(f"--host: expected an interface name or address, got {host!r}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected 1-65535, got {port}")
+
+
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: cannot listen on {host} ({exc.strerror or exc})") from exc
+
+
+def check_tls_files(certs: Path | None) -> Any:
+    """The SuperLink's TLS files; one line naming the first missing one."""
+    from server.superlink import TlsFiles
+
+    if certs is None:
+        raise ConfigError("--certs: required (a folder with ca.crt, server.pem, server.key); "
+                          "--insecure turns TLS off for local tests")
+    if not certs.is_dir():
+        raise ConfigError(f"--certs '{certs}': not a folder")
+    for name in TLS_FILES:
+        path = certs / name
+        if not path.is_file():
+            raise ConfigError(f"--certs: '{path}' not found (run `fedtext certs --out {certs}`)")
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--certs: '{path}' is not a readable PEM file") from exc
+        if "-----BEGIN " not in text:
+            raise ConfigError(f"--certs: '{path}' is not a PEM file")
+    return TlsFiles(ca=(certs / "ca.crt").resolve(), cert=(certs / "server.pem").resolve(),
+                    key=(certs / "server.key").resolve())
+
+
+def authorized_keys(folder: Path | None) -> list[Path]:
+    """OpenSSH public keys (``*.pub`` minus ``*.id.pub``) of the SuperNodes allowed in."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if folder is None:
+        raise ConfigError("--authorized-keys: required (the folder of clients' *.pub keys); "
+                          "--insecure turns node authentication off for local tests")
+    if not folder.is_dir():
+        raise ConfigError(f"--authorized-keys '{folder}': not a folder")
+    keys = sorted(p for p in folder.glob("*.pub") if not p.name.endswith(".id.pub") and p.is_file())
+    if not keys:
+        raise ConfigError(f"--authorized-keys '{folder}': no *.pub SuperNode public key in it")
+    for path in keys:
+        try:
+            load_ssh_public_key(path.read_bytes().strip())
+        except (ValueError, TypeError, OSError, Exception) as exc:  # noqa: BLE001 - any parse failure
+            raise ConfigError(
+                f"--authorized-keys: '{path}' is not an OpenSSH public key ({type(exc).__name__})"
+            ) from exc
+    return [p.resolve() for p in keys]
+
+
+# --- signals ------------------------------------------------------------------------
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP end the command like Ctrl-C: finally-blocks stop the children."""
+    import signal
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, _stop)
+        except (ValueError, OSError):  # not the main thread
+            pass
+
+
+def ignore_signals() -> None:
+    """While children are being stopped, a second Ctrl-C/SIGTERM must not cut it short."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+
+
+# --- the command --------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
+    """``fedtext server``; returns the exit code."""
+    check_endpoint(args.host, args.port)
+    cfg = _config(args)
+    if args.insecure:
+        if args.certs is not None or args.authorized_keys is not None:
+            raise ConfigError("--insecure: cannot be combined with --certs/--authorized-keys")
+        tls, keys = None, []
+    else:
+        tls = check_tls_files(args.certs)
+        keys = authorized_keys(args.authorized_keys)
+    check_port_free(args.host, args.port)
+
+    from common.splits import server_test_set
+
+    test = server_test_set(cfg)  # fails in a second with one line, before any process starts
+    labels = test.label_names
+
+    from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.insecure:
+        print("fedtext server: warning: --insecure: plain HTTP, any SuperNode may join and "
+              "read the model; never use it outside a throw-away local test", file=sys.stderr)
+    echo(f"fedtext server: {cfg.rounds} rounds, strategy {cfg.strategy}, freeze {cfg.freeze}, "
+         f"labels {', '.join(labels)}; test set {len(test)} rows from {test.source}")
+    run_config = write_run_config(cfg, out / "run_config.toml")
+    metrics = out / "metrics.json"
+    metrics.unlink(missing_ok=True)
+    # In-memory state is re-created each start; keys are registered again below.
+    home = out / ".flwr"
+    for old in home.glob("state.db*"):
+        old.unlink(missing_ok=True)
+    superlink = LocalSuperLink(home=home, simulation=False, host=args.host, port=args.port,
+                               tls=tls, node_auth=tls is not None)
+    logs = None
+    status, details = "", ""
+    install_signal_handlers()
+    try:
+        superlink.start()
+        scheme = "http" if tls is None else "https"
+        echo(f"SuperLink listening on {scheme}://{args.host}:{args.port}"
+             f"{' (TLS, SuperNode authentication)' if tls else ' (INSECURE)'}")
+        for key in keys:
+            superlink.register_node_key(key)
+        if keys:
+            echo(f"registered {len(keys)} SuperNode key(s) from {args.authorized_keys}")
+        run_id = superlink.submit(run_config)
+        logs = superlink.stream_logs(run_id, out / "run.log")
+        echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
+        echo(f"waiting for {cfg.min_clients} clients")
+        status, details = follow_run(superlink, run_id, metrics, echo)
+    finally:
+        ignore_signals()
+        if logs is not None:
+            stop_process_group(logs, grace=2.0)
+        superlink.stop()
+    return report_run(status, details, out, echo, "fedtext server")
+

@@ -1,0 +1,303 @@
+"""``fedtext server`` + ``fedtext client`` on localhost: real SuperLink, SuperNodes, TLS, node auth.
+
+One federation covers the deployment paths at once (each Flower message spawns a
+fresh ``flwr-clientapp`` that imports torch, so every extra federation costs
+minutes on 2 cores):
+
+- a client with a bad data file exits 2 with one line, before any SuperNode starts;
+- the server runs with TLS and SuperNode authentication; plain HTTP is refused;
+- a client whose key is not registered is refused (Flower exit code 305);
+- a client with ``--insecure`` never joins the TLS server;
+- client C is SIGKILLed (its whole SuperNode tree) while it works on its first
+  instruction: the round times out on it and the federation completes with A and B;
+- afterwards no process that any of these commands started is left.
+
+A second, shorter test stops a ``fedtext server --insecure`` with SIGTERM while it
+waits for clients and checks that everything it started is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.superlink import _alive, _descendants, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "--local-steps", "2",
+        "--max-test-examples", "60", "--rounds", "2", "--min-clients", "2", "--fraction-evaluate", "1.0",
+        # Only the encoder layer and head travel (2 MB instead of 55 MB per message);
+        # plain aggregation: this test is about the deployment, not SecAgg+.
+        "--freeze", "embeddings", "--no-secagg"]
+# A killed client holds a round until the SuperLink marks it offline (~60 s without
+# heartbeat) or this timeout; generous so that slow healthy clients (a loaded
+# 2-core machine) are never cut off.
+ROUND_TIMEOUT = "150"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return env
+
+
+class Fedtext:
+    """A ``fedtext`` subprocess whose stdout/stderr go to files (never a full pipe)."""
+
+    def __init__(self, name: str, args: list[str], folder: Path) -> None:
+        self.name = name
+        self.out_path = folder / f"{name}.out"
+        self.err_path = folder / f"{name}.err"
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, env=_env(),
+            stdout=self.out_path.open("wb"), stderr=self.err_path.open("wb"),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.stdout()):
+                return
+            if self.popen.poll() is not None:
+                pytest.fail(f"{self.name} exited {self.popen.returncode} before {pattern!r}:\n"
+                            f"{self.stdout()[-3000:]}\n{self.stderr()[-3000:]}")
+            time.sleep(0.5)
+        pytest.fail(f"{self.name}: no {pattern!r} within {timeout:.0f}s:\n{self.stdout()[-3000:]}")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} still running after {timeout:.0f}s:\n{self.stdout()[-3000:]}\n"
+                        f"{self.stderr()[-2000:]}")
+
+
+class Tracker:
+    """Remembers every process below the commands it watches (they reparent as they exit)."""
+
+    def __init__(self) -> None:
+        self.roots: list[int] = []
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def add(self, proc: Fedtext) -> Fedtext:
+        self.roots.append(proc.pid)
+        self.seen.add(proc.pid)
+        return proc
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.scan()
+            time.sleep(0.3)
+
+    def scan(self) -> None:
+        for root in list(self.roots):
+            self.seen.update(_descendants(root))
+
+    def alive(self) -> list[str]:
+        return [f"{pid}: {_cmdline(pid)}" for pid in sorted(self.seen) if _alive(pid)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def kill_all(self) -> None:
+        for pid in self.seen:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+    except OSError:
+        return "?"
+
+
+def assert_nothing_left(tracker: Tracker, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tracker.alive():
+        time.sleep(0.5)
+    assert not tracker.alive(), "processes left behind:\n" + "\n".join(tracker.alive())
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for row in rows:
+            writer.writerow([row["text"], row["label"]])
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, rt_rows: list[dict[str, str]]) -> dict[str, Path]:
+    from deploy.certs import make_certificates
+
+    root = tmp_path_factory.mktemp("deploy")
+    make_certificates(root / "certs", ["localhost"], clients=3)
+    make_certificates(root / "stranger", ["localhost"], clients=1)  # a key the server never saw
+    rows = [r for r in rt_rows if r["label"] in ("fresh", "rotten")]
+    data = {f"data{i}": write_rows(root / f"client-{i}.csv", rows[i * 40:(i + 1) * 40]) for i in range(3)}
+    bad = root / "bad.csv"
+    bad.write_text("text,label\ngood film,fresh\n,rotten\n", encoding="utf-8")  # row 2: empty text
+    return {"root": root, "certs": root / "certs", "stranger": root / "stranger", "bad": bad, **data}
+
+
+def client_args(d: dict[str, Path], port: int, key: Path, data: Path, home: str) -> list[str]:
+    return ["client", "--server", f"127.0.0.1:{port}", "--ca", str(d["certs"] / "ca.crt"),
+            "--key", str(key), "--data", str(data), "--home", str(d["root"] / home)]
+
+
+def _supernode_tree(proc: Fedtext) -> list[int]:
+    return _descendants(proc.pid)
+
+
+def _runs_clientapp(proc: Fedtext) -> bool:
+    return any("flwr-clientapp" in _cmdline(pid) and _alive(pid) for pid in _supernode_tree(proc))
+
+
+@pytest.mark.slow
+def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None:
+    d = deployment
+    root = d["root"]
+    port = free_port()
+    out = root / "run"
+    keys = d["certs"] / "clients"
+    tracker = Tracker()
+    procs: list[Fedtext] = []
+    try:
+        # 1. A bad data file is refused before any SuperNode starts.
+        bad = tracker.add(Fedtext("bad", client_args(d, port, keys / "client-3.key", d["bad"], "h-bad"), root))
+        assert bad.wait(120) == 2
+        err = bad.stderr().strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fedtext: error: ") and "bad.csv" in err[0] \
+            and "row 2" in err[0], err
+        assert "SuperNode" not in bad.stdout()
+
+        # 2. The server: TLS + node auth, keys of clients 1-3 registered.
+        server = tracker.add(Fedtext("server", [
+            "server", "--certs", str(d["certs"]), "--authorized-keys", str(keys), "--host", "127.0.0.1",
+            "--port", str(port), "--round-timeout", ROUND_TIMEOUT, "--out", str(out), *TINY], root))
+        procs.append(server)
+        server.wait_for(r"waiting for 2 clients", 240)
+        assert "registered 3 SuperNode key(s)" in server.stdout()
+
+        # 3. Plain HTTP to the TLS port gets no answer; HTTPS with the CA does.
+        import httpx
+
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        import ssl
+
+        tls = ssl.create_default_context(cafile=str(d["certs"] / "ca.crt"))
+        assert httpx.get(f"https://127.0.0.1:{port}/health", verify=tls, timeout=5).is_success
+
+        # 4. Client C joins first (so it is sampled in round 1), then A and B.
+        c = tracker.add(Fedtext("c", client_args(d, port, keys / "client-3.key", d["data2"], "h-c"), root))
+        procs.append(c)
+        c.wait_for(r"SuperNode ID", 120)
+        a = tracker.add(Fedtext("a", client_args(d, port, keys / "client-1.key", d["data0"], "h-a"), root))
+        b = tracker.add(Fedtext("b", client_args(d, port, keys / "client-2.key", d["data1"], "h-b"), root))
+        procs += [a, b]
+
+        # 5. An unregistered key is refused (checked below, while the rounds run).
+        stranger = tracker.add(Fedtext("stranger", client_args(
+            d, port, d["stranger"] / "clients" / "client-1.key", d["data2"], "h-stranger"), root))
+
+        # 6. A plaintext client cannot join the TLS server (it keeps retrying).
+        plain = tracker.add(Fedtext("plain", ["client", "--insecure", "--server", f"127.0.0.1:{port}",
+                                              "--data", str(d["data2"]), "--home", str(root / "h-plain")], root))
+        procs.append(plain)
+
+        # 7. Kill C's whole SuperNode tree while its ClientApp works on round 1.
+        deadline = time.monotonic() + 300
+        while not _runs_clientapp(c):
+            assert time.monotonic() < deadline, "client C never received an instruction"
+            assert server.popen.poll() is None, server.stdout()
+            time.sleep(0.2)
+        for pid in _supernode_tree(c):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert c.wait(30) != 0
+
+        # The stranger got Flower's exit code 305 and said so in one line.
+        assert stranger.wait(180) != 0
+        assert "Failed to activate SuperNode" in stranger.stdout()
+        assert "SuperNode exited with code 305: the server refused this SuperNode's key" in stranger.stderr()
+
+        # 8. The federation completes with A and B.
+        assert server.wait(600) == 0, server.stdout() + server.stderr()
+        doc = json.loads((out / "metrics.json").read_text())
+        assert doc["status"] == "completed"
+        rounds = [r for r in doc["rounds"] if r["round"] >= 1]
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert rounds[-1]["clients"]["trained"] == 2, rounds[-1]["clients"]
+        assert all(r["clients"]["trained"] >= 1 for r in rounds)
+        assert (out / "model").is_dir() and any((out / "model").iterdir())
+        assert "round 2/2" in server.stdout() and "done: central accuracy" in server.stdout()
+        assert (out / "run.log").stat().st_size > 0
+        assert "SuperNode ID" not in plain.stdout()
+
+        # 9. Clients stop on SIGTERM, with everything below them.
+        for proc in (a, b, plain):
+            proc.popen.send_signal(signal.SIGTERM)
+        for proc in (a, b, plain):
+            assert proc.wait(60) != 0
+        tracker.scan()
+        assert_nothing_left(tracker)
+    finally:
+        tracker.close()
+        for proc in procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=30)
+        tracker.kill_all()
+
+
+@pytest.mark.slow
+def test_server_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    tracker = Tracker()
+    try:
+        server = tracker.add(Fedtext("server", [
+            "server", "--insecure", "--host", "127.0.0.1", "--port", str(free_port()),
+            "--out", str(tmp_path / "run"), *TINY], tmp_path))
+        server.wait_for(r"waiting for 2 clients", 240)
+        warning = [ln for ln in server.stderr().splitlines() if "--insecure" in ln]
+        assert len(warning) == 1 and "warning" in warning[0]
+        tracker.scan()
+        assert any("flower-superlink" in _cmdline(pid) for pid in tracker.seen)
+        server.popen.send_signal(signal.SIGTERM)
+        assert server.wait(60) != 0
+        assert_nothing_left(tracker)
+    finally:
+        tracker.close()
+        tracker.kill_all()
