@@ -37,7 +37,7 @@ demo: install
 		print('pipeline on the saved model:', clf(['A warm, funny and moving film.', 'Dull, clumsy and far too long.']))"
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,7 +2,8 @@
 
 The client's rows come from its node config:
 
-- ``data-path``: a deployed client's own file (``fedtext client --data``);
+- ``data-path``: a deployed client's own file (``fedtext client --data``), with
+  its own ``text-column`` / ``label-column`` when given;
 - ``partition-id`` / ``num-partitions``: a simulated client's share of the run's
   ``data`` (``fedtext simulate``).
 
@@ -32,7 +33,15 @@ log = logging.getLogger("fedtext.client")
 
 
 def _config(context: Context) -> FedTextConfig:
-    return FedTextConfig.from_mapping(context.run_config)
+    """The run's config; a deployed client's own column names take precedence.
+
+    Each organisation names its columns as it likes: ``fedtext client
+    --text-column`` puts them in the node config, over the server's defaults.
+    """
+    cfg = FedTextConfig.from_mapping(context.run_config)
+    node = context.node_config
+    columns = {key.replace("-", "_"): str(node[key]) for key in ("text-column", "label-column") if key in node}
+    return cfg.replace(**columns) if columns else cfg
 
 
 def _data_source(context: Context) -> tuple[str, int, int]:
@@ -76,12 +85,13 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     model, tokenizer = _model(cfg, labels)
     load_trainable_state(model, instruction.arrays, origin="train instruction")
     mu = instruction.proximal_mu or cfg.proximal_mu
+    device = pick_device()
     result = train_model(
         model,
         train_rows,
         tokenizer,
         cfg,
-        pick_device(),
+        device,
         seed=cfg.seed + 1000 * instruction.server_round + pid,
         proximal_mu=mu,
     )
@@ -91,7 +101,10 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
         "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
         instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
     )
-    return train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
+    reply = train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
+    # Lets a run report where its clients trained (e.g. the GPU check).
+    reply.metric_records["metrics"]["train-on-gpu"] = int(device.type == "cuda")
+    return reply
 
 
 def evaluate_locally(content: RecordDict, context: Context) -> RecordDict:
