@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/fedtext simulate --clients 3 --rounds 3 --partition iid \
 		--freeze bottom:4 --max-examples 1800 --max-test-examples 600 \
-		--max-length 64 --batch-size 32 --lr 1e-4 --out $(DEMO_OUT)
+		--max-length 64 --batch-size 32 --lr 3e-4 --out $(DEMO_OUT)
 	$(BIN)/python -c "from transformers import pipeline; \
 		clf = pipeline('text-classification', model='$(DEMO_OUT)/model'); \
 		print('pipeline on the saved model:', clf(['A warm, funny and moving film.', 'Dull, clumsy and far too long.']))"
