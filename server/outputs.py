@@ -1,4 +1,5 @@
-"""The run folder: ``metrics.json`` after every round, progress lines, the final model."""
+"""The run folder: ``metrics.json`` and ``rounds.png`` after every round, progress
+lines, and at the end ``confusion.png`` (the model itself: ``server.global_model``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.metrics import summary
+from common.plots import plot_confusion, plot_rounds
 
 log = logging.getLogger("fedtext.server")
 
@@ -57,6 +59,7 @@ class RunRecorder:
         self.doc["rounds"].append(entry)
         self.doc["final_central"] = central
         self._write()
+        plot_rounds(self.doc, self.out / "rounds.png")
         log.info("%s", progress_line(entry, self.doc["config"].get("rounds")))
 
     def finish(self, status: str, **extra: Any) -> None:
@@ -65,6 +68,10 @@ class RunRecorder:
         self.doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.doc.update(extra)
         self._write()
+        final = self.doc.get("final_central", {})
+        if "confusion_matrix" in final:
+            plot_confusion(final["confusion_matrix"], self.doc.get("labels", []), self.out / "confusion.png",
+                           "global model on the server's test set")
 
     @staticmethod
     def mark_failed(out: str | Path, reason: str) -> None:

@@ -248,16 +248,32 @@ def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
 
 
 def follow_run(superlink: LocalSuperLink, run_id: int, metrics: Path, echo) -> tuple[str, str]:  # noqa: ANN001
-    """Print rounds as they land in ``metrics.json`` until the run finishes."""
-    shown = 0
-    status, details = "", ""
+    """Print rounds as they land in ``metrics.json`` until the run finishes.
+
+    ``metrics.json`` is read every second (cheap); the run status costs a
+    ``flwr ls`` process (about a CPU-second of imports), so it is asked every
+    ``STATUS_EVERY`` seconds, or at once when the ServerApp marks the run done.
+    """
+    shown, last_check = 0, 0.0
     while True:
         shown = _echo_new_rounds(metrics, shown, echo)
-        status, details = superlink.run_status(run_id)
-        if status.startswith("finished"):
-            _echo_new_rounds(metrics, shown, echo)
-            return status, details
-        time.sleep(2.0)
+        if time.monotonic() - last_check >= STATUS_EVERY or _app_finished(metrics):
+            last_check = time.monotonic()
+            status, details = superlink.run_status(run_id)
+            if status.startswith("finished"):
+                _echo_new_rounds(metrics, shown, echo)
+                return status, details
+        time.sleep(1.0)
+
+
+STATUS_EVERY = 15.0
+
+
+def _app_finished(metrics: Path) -> bool:
+    try:
+        return json.loads(metrics.read_text()).get("status", "running") != "running"
+    except (OSError, ValueError):
+        return False
 
 
 def _echo_new_rounds(metrics: Path, shown: int, echo) -> int:  # noqa: ANN001

@@ -5,6 +5,10 @@
 ``centralized``    the same training on the union of the clients' data
 ``certs``          CA, server certificate and client keys for a deployment
                    (``deploy.certs``)
+``server``         coordinate a real federation (``server.launch``)
+``client``         join one with local data (``client.launch``)
+``evaluate``       metrics of a saved model on a labeled file
+``predict``        label and score per text (JSON lines)
 =================  ===========================================================
 
 Each subcommand's flags are the config keys it uses (``common.config``); a bad
@@ -70,6 +74,54 @@ def _module_command(module: str) -> Callable[[argparse.Namespace], int]:
     return lambda args: int(importlib.import_module(module).run(args))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from common.inference import evaluate_saved_model
+    from common.metrics import summary
+    from common.plots import plot_confusion
+
+    metrics = evaluate_saved_model(args.model, args.data, args.text_column, args.label_column,
+                                   args.max_length, args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    plot_confusion(metrics["confusion_matrix"], metrics["labels"], out / "confusion.png", f"{args.data}")
+    head = summary(metrics, ("accuracy", "precision_macro", "recall_macro", "f1_macro", "loss"))
+    print(" ".join(f"{k} {v:.4f}" for k, v in head.items()) + f" | {metrics['num_examples']} rows")
+    for name, row in metrics["per_class"].items():
+        print(f"  {name:>20}: precision {row['precision']:.4f} recall {row['recall']:.4f} "
+              f"f1 {row['f1']:.4f} support {row['support']}")
+    print(f"wrote {out / 'evaluation.json'} and {out / 'confusion.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from common.errors import ConfigError
+    from common.inference import predict, read_texts
+
+    if bool(args.texts) == bool(args.file):
+        raise ConfigError("predict: give TEXT arguments or --file FILE (one of the two)")
+    texts = args.texts or read_texts(args.file, args.text_column)
+    lines = [json.dumps(row, ensure_ascii=False) for row in predict(args.model, texts, args.max_length)]
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _add_model_use_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="A saved model folder (a run's OUT/model).")
+    p.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
+    p.add_argument("--max-length", type=int, default=128, help="Tokens kept per text (default: 128).")
+    p.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass (default: 32).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedtext",
@@ -86,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(p, keys)
         p.set_defaults(handler=handler)
+    p = sub.add_parser("evaluate", help="metrics of a saved model on a labeled file",
+                       description="Accuracy, precision/recall/F1 (macro and per class) and the "
+                       "confusion matrix of a saved model on a labeled file.")
+    _add_model_use_arguments(p)
+    p.add_argument("--data", required=True, help="Labeled file (CSV, TSV, JSONL, parquet, datasets folder).")
+    p.add_argument("--label-column", default="label", help="Column holding the label (default: label).")
+    p.add_argument("--out", default="runs/evaluation", help="Folder for evaluation.json and confusion.png.")
+    p.set_defaults(handler=cmd_evaluate)
+    p = sub.add_parser("predict", help="label and score per text, as JSON lines",
+                       description="Classify texts with a saved model; one JSON line per text.")
+    _add_model_use_arguments(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="Texts to classify.")
+    p.add_argument("--file", help="Classify the lines of a .txt file, or --text-column of a table.")
+    p.add_argument("--out", help="Write the JSON lines here instead of standard output.")
+    p.set_defaults(handler=cmd_predict)
     for name, help_text, module in MODULE_COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(p)

@@ -131,6 +131,15 @@ CASES = [
     ("partition-dirichlet-negative", lambda f: ["simulate", "--partition", "dirichlet:-1"],
      ["partition", "dirichlet:-1"]),
     ("clients-zero", lambda f: ["simulate", "--clients", "0"], ["clients", "0"]),
+    ("secagg-two-clients", lambda f: ["simulate", "--clients", "2"], ["clients", "at least 3", "--no-secagg"]),
+    ("secagg-zero-clip", lambda f: ["simulate", "--secagg-clip", "0"], ["secagg-clip"]),
+    ("secagg-overflow-bits", lambda f: ["simulate", "--secagg-bits", "31"], ["secagg-bits", "overflow"]),
+    # --- using a saved model --------------------------------------------------------------
+    ("evaluate-model-not-a-folder", lambda f: ["evaluate", "--model", str(f["root"] / "nomodel"),
+                                               "--data", str(f["good"])], ["--model", "nomodel"]),
+    ("evaluate-model-without-config", lambda f: ["evaluate", "--model", str(f["root"]), "--data", str(f["good"])],
+     ["--model", "config.json"]),
+    ("predict-nothing-to-classify", lambda f: ["predict", "--model", str(f["root"])], ["TEXT", "--file"]),
 ]
 
 

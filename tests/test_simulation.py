@@ -80,3 +80,34 @@ def test_run_folder_keeps_flower_state_and_logs(run_dir: Path) -> None:
     assert (run_dir / ".flwr" / "config.toml").exists()
     assert (run_dir / "run_config.toml").exists()
     assert "SecAgg+" in (run_dir / "server.log").read_text()
+
+
+def test_evaluate_and_predict_use_the_saved_model(run_dir: Path, tmp_path: Path) -> None:
+    from common.packaged import packaged_dataset
+    from simulations.cli import main
+
+    rows = packaged_dataset("bbc_news").shuffle(seed=1).select(range(40))
+    data = tmp_path / "eval.csv"
+    rows.select_columns(["text", "label"]).to_csv(str(data), index=False)
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(run_dir / "model"), "--data", str(data),
+                 "--max-length", "32", "--out", str(out)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["num_examples"] == 40
+    assert sum(map(sum, report["confusion_matrix"])) == 40
+    assert set(report["per_class"]) == set(report["labels"])
+    assert (out / "confusion.png").stat().st_size > 0
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The striker scored twice in the cup final.\nNew chips make phones faster.\n")
+    predictions = tmp_path / "pred.jsonl"
+    assert main(["predict", "--model", str(run_dir / "model"), "--file", str(texts),
+                 "--out", str(predictions)]) == 0
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [row["text"] for row in lines] == texts.read_text().splitlines()
+    assert all(row["label"] in report["labels"] and 0 <= row["score"] <= 1 for row in lines)
+
+
+def test_run_folder_has_plots(run_dir: Path) -> None:
+    assert (run_dir / "rounds.png").stat().st_size > 0
+    assert (run_dir / "confusion.png").stat().st_size > 0
