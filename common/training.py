@@ -110,6 +110,11 @@ def train_model(
     from transformers import get_linear_schedule_with_warmup
 
     start = time.perf_counter()
+    # Dropout draws from torch's global generator. A simulated client runs in a
+    # Ray actor that may have served other clients before: seeding here makes a
+    # client's round depend only on (seed, round, client), not on scheduling, so
+    # runs repeat and a resumed run retraces an uninterrupted one.
+    torch.manual_seed(seed)
     model.to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
