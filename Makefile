@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 # layers frozen; sized to finish in a few minutes on 2 CPU cores.
 demo: install
 	$(BIN)/fedtext simulate --clients 3 --rounds 3 --partition iid \
-		--freeze bottom:4 --max-examples 1800 --max-test-examples 600 \
+		--freeze bottom:4 --max-examples 1500 --max-test-examples 500 \
 		--max-length 64 --batch-size 32 --lr 3e-4 --out $(DEMO_OUT)
 	$(BIN)/python -c "from transformers import pipeline; \
 		clf = pipeline('text-classification', model='$(DEMO_OUT)/model'); \
