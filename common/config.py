@@ -156,6 +156,11 @@ class FedTextConfig:
     # --- run ----------------------------------------------------------------
     seed: int = _opt(42, "Seed for model init, partitioning and data order.")
     out: str = _opt("runs/latest", "Run folder: metrics.json, model/, logs.")
+    resume: str = _opt(
+        "",
+        "Continue a run from its last completed round: its run folder or its checkpoint "
+        "folder (OUT/checkpoint). Empty: start from round 0.",
+    )
 
     # ------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -373,12 +378,17 @@ def add_config_arguments(
         )
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> FedTextConfig:
-    """The validated config made of the flags that were given, plus ``overrides``."""
-    given = {
-        f.name: getattr(args, f.name)
+def given_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """Kebab-case key -> value of the config flags that were given (not defaulted)."""
+    return {
+        to_key(f.name): getattr(args, f.name)
         for f in fields(FedTextConfig)
         if getattr(args, f.name, None) is not None
     }
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> FedTextConfig:
+    """The validated config made of the flags that were given, plus ``overrides``."""
+    given = {k.replace("-", "_"): v for k, v in given_keys(args).items()}
     given.update(overrides)
     return FedTextConfig.from_mapping(given)

@@ -1,7 +1,8 @@
 """``fedtext server``: run the coordinating SuperLink of a real deployment.
 
 1. check every input first (flags, certificate files, authorized keys, the
-   server's test data) so a mistake ends in one line before anything starts;
+   server's test data, the ``--resume`` checkpoint) so a mistake ends in one
+   line before anything starts;
 2. start a SuperLink (``server.superlink.LocalSuperLink``) with TLS and
    SuperNode authentication (unless ``--insecure``) and register every client
    public key found in ``--authorized-keys``;
@@ -78,10 +79,14 @@ def _config(args: argparse.Namespace) -> FedTextConfig:
             FedTextConfig.from_mapping(base)
         except ConfigError as exc:
             raise ConfigError(f"--run-config '{path}': {exc}") from exc
-    given = {k: v for k, v in vars(args).items()
+    given = {k.replace("_", "-"): v for k, v in vars(args).items()
              if v is not None and k.replace("_", "-") in FedTextConfig.keys()}
-    cfg = FedTextConfig.from_mapping({**base, **given})
-    return prepare_server_config(cfg)
+    values = {**{k.replace("_", "-"): v for k, v in base.items()}, **given}
+    if values.get("resume"):
+        from server.checkpoint import resumed_config
+
+        return prepare_server_config(resumed_config(values))
+    return prepare_server_config(FedTextConfig.from_mapping(values))
 
 
 def prepare_server_config(cfg: FedTextConfig) -> FedTextConfig:
@@ -93,6 +98,7 @@ def prepare_server_config(cfg: FedTextConfig) -> FedTextConfig:
         test_data=absolute(cfg.test_data),
         out=str(Path(cfg.out).expanduser().resolve()),
         clients=min(max(cfg.min_clients, 1), 1000),
+        resume=absolute(cfg.resume),
     )
 
 
@@ -208,6 +214,10 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
 
     test = server_test_set(cfg)  # fails in a second with one line, before any process starts
     labels = test.label_names
+    if cfg.resume:
+        from server.checkpoint import load_for_resume
+
+        load_for_resume(cfg)  # a corrupt or mismatched checkpoint, too
 
     from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
 

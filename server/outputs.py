@@ -62,6 +62,14 @@ class RunRecorder:
         plot_rounds(self.doc, self.out / "rounds.png")
         log.info("%s", progress_line(entry, self.doc["config"].get("rounds")))
 
+    def restore(self, previous: dict[str, Any], **extra: Any) -> None:
+        """Continue a resumed run's document: its rounds so far and last central metrics."""
+        self.doc["rounds"] = list(previous.get("rounds", []))
+        if "final_central" in previous:
+            self.doc["final_central"] = previous["final_central"]
+        self.doc.update(extra)
+        self._write()
+
     def finish(self, status: str, **extra: Any) -> None:
         """Mark the run finished (``completed`` or ``failed: reason``)."""
         self.doc["status"] = status

@@ -10,8 +10,11 @@ For each round :func:`run_federation`
    (``server.aggregation.apply_update``);
 4. asks sampled clients to evaluate the new model on their held-out rows and
    combines their confusion matrices;
-5. evaluates centrally on the server's test set and records the round
-   (``server.outputs``).
+5. evaluates centrally on the server's test set, records the round
+   (``server.outputs``) and writes a checkpoint (``server.checkpoint``).
+
+With ``resume`` set it first restores the global arrays, the strategy's state
+and the recorded rounds from a checkpoint and continues with the next round.
 
 Flower's ``Strategy.start`` runs a similar loop, but it would send each
 client's update to the strategy in the clear: fedtext's loop puts the
@@ -29,10 +32,11 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.config import FedTextConfig
-from common.messages import ARRAYS, instruction_config, parse_evaluate_reply, record_bytes
+from common.messages import ARRAYS, instruction_config, parse_evaluate_reply, record_bytes, to_array_record
 from common.metrics import metrics_from_confusion, summary
 from common.splits import server_test_set
 from server.aggregation import Aggregation, PlainAggregation, apply_update
+from server.checkpoint import Checkpoint, check_arrays, load_for_resume, restore_strategy, write_checkpoint
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
 from server.secure_aggregation import SecureAggregation
@@ -56,14 +60,21 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
     log.info("%s", model.describe())
     log.info("aggregation: %s", "SecAgg+ (server sees only the sum)" if cfg.secagg else "plain (--no-secagg)")
     log.info("server test set: %d rows from %s; labels: %s", len(test), test.source, ", ".join(labels))
-    recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()})
     strategy = build_strategy(cfg)
+    # Restore from the checkpoint before the recorder rewrites metrics.json: a
+    # refused resume must leave the run folder's history as it was.
+    checkpoint = load_for_resume(cfg) if cfg.resume else None
+    arrays = resume_from(checkpoint, model, strategy) if checkpoint else model.arrays()
+    recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()})
     timeout = cfg.round_timeout or None
 
-    arrays = model.arrays()
-    central = model.evaluate(test)
-    recorder.record_round(0, central, clients={})
-    for server_round in range(1, cfg.rounds + 1):
+    if checkpoint is None:
+        central = model.evaluate(test)
+        recorder.record_round(0, central, clients={})
+    else:
+        central = restore_history(recorder, checkpoint)
+    first = checkpoint.server_round + 1 if checkpoint else 1
+    for server_round in range(first, cfg.rounds + 1):
         started = time.perf_counter()
         instructions = list(
             strategy.configure_train(server_round, arrays, instruction_config(server_round, labels), grid)
@@ -93,6 +104,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
             seconds=time.perf_counter() - started,
             bytes_up_per_client=(update.bytes_up // max(update.num_clients, 1)) if update else 0,
         )
+        save_checkpoint(recorder, server_round, arrays, strategy, cfg)
     model.save(recorder.out / "model")
     recorder.finish("completed")
     return central
@@ -100,6 +112,37 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
 
 def _numpy(arrays: Any) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
+
+
+def resume_from(checkpoint: Checkpoint, model: GlobalModel, strategy: Any) -> Any:
+    """Install a checkpoint's global arrays and strategy state (FedAdam's moments...).
+
+    Returns
+    -------
+    ArrayRecord
+        The global arrays to continue from.
+    """
+    arrays = to_array_record(check_arrays(checkpoint, _numpy(model.arrays())))
+    model.load(arrays)
+    restore_strategy(strategy, checkpoint)
+    log.info("resumed from %s after round %d", checkpoint.path, checkpoint.server_round)
+    return arrays
+
+
+def restore_history(recorder: RunRecorder, checkpoint: Checkpoint) -> dict[str, Any]:
+    """Put the checkpoint's recorded rounds back into metrics.json; return the last central metrics."""
+    resumed = [*checkpoint.metrics.get("resumed", []),
+               {"after_round": checkpoint.server_round, "checkpoint": str(checkpoint.path)}]
+    recorder.restore(checkpoint.metrics, resumed=resumed)
+    return checkpoint.metrics.get("final_central", {})
+
+
+def save_checkpoint(recorder: RunRecorder, server_round: int, arrays: Any, strategy: Any,
+                    cfg: FedTextConfig) -> None:
+    """Write ``OUT/checkpoint`` after a completed round (replacing the previous one)."""
+    started = time.perf_counter()
+    path = write_checkpoint(recorder.out, server_round, _numpy(arrays), strategy, recorder.doc, cfg.to_mapping())
+    log.info("round %d: checkpoint written to %s in %.1f s", server_round, path, time.perf_counter() - started)
 
 
 def evaluate_on_clients(

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from common.config import FedTextConfig, add_config_arguments, config_from_args
+from common.config import FedTextConfig, add_config_arguments, config_from_args, given_keys
 from common.errors import FedTextError
 
 # The keys that describe a training run (not the federation or its deployment).
@@ -38,7 +38,7 @@ FEDERATION_KEYS = [
     "strategy", "server-lr", "server-momentum", "fraction-train", "fraction-evaluate",
     "min-clients", "round-timeout", "client-cpus", "client-gpus",
     "secagg", "secagg-neighbours", "secagg-threshold", "secagg-clip", "secagg-bits",
-    "secagg-max-weight", "secagg-timeout",
+    "secagg-max-weight", "secagg-timeout", "resume",
 ]
 
 
@@ -52,6 +52,10 @@ def _offline_env() -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
+    if args.resume:
+        from server.checkpoint import resumed_config
+
+        return simulate(resumed_config(given_keys(args)))
     return simulate(config_from_args(args))
 
 

@@ -1,7 +1,7 @@
 """``fedtext simulate``: a whole federation on this machine, on Flower's Ray engine.
 
 1. check the data once, here, so a bad file fails in a second with one line
-   instead of inside N Ray workers;
+   instead of inside N Ray workers; with ``--resume``, check the checkpoint too;
 2. write the run config (every key, absolute paths) into the run folder;
 3. start a private SuperLink in simulation mode (``server.superlink``) and
    submit the app with ``num-supernodes = clients``;
@@ -18,6 +18,7 @@ from common.errors import FedTextError
 from common.packaged import PREFIX
 from common.splits import server_test_set, training_pool
 from common.partition import load_partition
+from server.checkpoint import load_for_resume
 from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
 
 
@@ -33,7 +34,14 @@ def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
         test_data=absolute(cfg.test_data),
         out=str(Path(cfg.out).expanduser().resolve()),
         min_clients=min(cfg.min_clients, cfg.clients),
+        resume=absolute(cfg.resume),
     )
+
+
+def check_resume(cfg: FedTextConfig) -> None:
+    """Verify the checkpoint here, before any process starts (the ServerApp checks again)."""
+    if cfg.resume:
+        load_for_resume(cfg)
 
 
 def check_data(cfg: FedTextConfig) -> list[str]:
@@ -53,6 +61,7 @@ def check_data(cfg: FedTextConfig) -> list[str]:
 def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     """Run the federation; return the process exit code."""
     cfg = prepare_config(cfg)
+    check_resume(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = check_data(cfg)
