@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -44,23 +43,23 @@ def _cfg(**changes: object) -> FedTextConfig:
     return FedTextConfig(**{**base, **changes})
 
 
-@pytest.mark.skipif(
-    os.environ.get("FEDTEXT_LEARNING_TEST") != "1",
-    reason="open finding: in 32-40 steps the 1-layer model only learned the label prior "
-    "(accuracy = majority rate) for freeze none/embeddings/head, and it costs 60-140 s on "
-    "2 loaded cores; run with FEDTEXT_LEARNING_TEST=1",
-)
-def test_training_learns_the_training_rows(rows, tokenizer) -> None:  # noqa: ANN001
-    cfg = _cfg(lr=3e-4, local_epochs=4.0, warmup_ratio=0.1)
-    model = build_model(cfg, LABELS)
-    before = evaluate_model(model, rows, tokenizer, cfg, CPU, LABELS)
+def test_training_learns_the_training_rows(tokenizer) -> None:  # noqa: ANN001
+    # BBC topics, not movie sentiment: the 1-layer cut reads CLS through a new
+    # pooler and learns sentiment too slowly for a unit test, topics in seconds.
+    from common.data import load_labeled
+
+    data = load_labeled("packaged:bbc_news")
+    rows = data.dataset.shuffle(seed=0).select(range(150))
+    cfg = _cfg(lr=2e-3, local_epochs=3.0, warmup_ratio=0.1)
+    model = build_model(cfg, data.label_names)
+    before = evaluate_model(model, rows, tokenizer, cfg, CPU, data.label_names)
     result = train_model(model, rows, tokenizer, cfg, CPU, seed=0)
-    after = evaluate_model(model, rows, tokenizer, cfg, CPU, LABELS)
+    after = evaluate_model(model, rows, tokenizer, cfg, CPU, data.label_names)
     majority = max(np.bincount(rows["label"][:])) / len(rows)
-    assert result.steps == planned_steps(len(rows), cfg) == 4 * math.ceil(160 / 16)
+    assert result.steps == planned_steps(len(rows), cfg) == 3 * math.ceil(150 / 16)
     assert result.num_examples == len(rows) and math.isfinite(result.loss)
     assert after["loss"] < 0.8 * before["loss"], (before["loss"], after["loss"])
-    assert after["accuracy"] > majority + 0.1, (after["accuracy"], majority)
+    assert after["accuracy"] > majority + 0.2, (after["accuracy"], majority)
 
 
 def _distance_moved(mu: float, tokenizer, rows) -> float:  # noqa: ANN001
