@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
 
     from server.launch import ignore_signals, install_signal_handlers
-    from server.superlink import _descendants, flower_env, flwr_bin, stop_process_group
+    from server.superlink import descendants, flower_env, flwr_bin, stop_process_group
 
     node_config = write_node_config(home, data_path, args)
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         # the pipe open after the SuperNode is gone. Remember the tree while the
         # SuperNode lives: once it exits, its children are reparented away from it.
         while process.poll() is None:
-            tree.update(_descendants(process.pid))
+            tree.update(descendants(process.pid))
             time.sleep(0.5)
         code = process.returncode
         forward.join(timeout=1.0)
@@ -274,10 +274,10 @@ def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
     import os
     import signal
 
-    from server.superlink import _alive
+    from server.superlink import is_alive
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if is_alive(p)]
         if not alive:
             return
         for pid in alive:
@@ -286,7 +286,7 @@ def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(_alive(p) for p in alive):
+        while time.monotonic() < deadline and any(is_alive(p) for p in alive):
             time.sleep(0.2)
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from common.config import FedTextConfig
 from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
-from common.messages import evaluate_reply, parse_instruction, train_reply
+from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
 from common.model import build_model, load_tokenizer, pick_device, silence_transformers
 from common.splits import client_file_data, simulated_client_data
 from common.training import evaluate_model, train_model
@@ -75,31 +76,50 @@ def _rows(
     return simulated_client_data(cfg, list(label_names), partition_id, partitions)
 
 
-def train_locally(content: RecordDict, context: Context) -> RecordDict:
-    """Handle a train instruction: fine-tune from the global weights, return the update."""
+@dataclass(frozen=True)
+class _Job:
+    """An instruction with everything needed to carry it out on this node."""
+
+    cfg: FedTextConfig
+    instruction: Instruction
+    train_rows: datasets.Dataset
+    eval_rows: datasets.Dataset
+    model: Any
+    tokenizer: Any
+    partition_id: int
+
+
+def _prepare(content: RecordDict, context: Context, what: str) -> _Job:
+    """Check the instruction, load this node's rows and the model with the global weights."""
     cfg = _config(context)
     instruction = parse_instruction(content)
     labels = tuple(instruction.label_names)
     path, pid, parts = _data_source(context)
-    train_rows, _ = _rows(cfg, labels, path, pid, parts)
+    train_rows, eval_rows = _rows(cfg, labels, path, pid, parts)
     model, tokenizer = _model(cfg, labels)
-    load_trainable_state(model, instruction.arrays, origin="train instruction")
-    mu = instruction.proximal_mu or cfg.proximal_mu
+    load_trainable_state(model, instruction.arrays, origin=f"{what} instruction")
+    return _Job(cfg, instruction, train_rows, eval_rows, model, tokenizer, pid)
+
+
+def train_locally(content: RecordDict, context: Context) -> RecordDict:
+    """Handle a train instruction: fine-tune from the global weights, return the update."""
+    job = _prepare(content, context, "train")
     device = pick_device()
     result = train_model(
-        model,
-        train_rows,
-        tokenizer,
-        cfg,
+        job.model,
+        job.train_rows,
+        job.tokenizer,
+        job.cfg,
         device,
-        seed=cfg.seed + 1000 * instruction.server_round + pid,
-        proximal_mu=mu,
+        seed=job.cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
+        proximal_mu=job.instruction.proximal_mu or job.cfg.proximal_mu,
     )
-    trained = trainable_state(model)
-    update = {name: trained[name] - instruction.arrays[name] for name in instruction.arrays}
+    trained = trainable_state(job.model)
+    sent = job.instruction.arrays
+    update = {name: trained[name] - sent[name] for name in sent}
     log.info(
         "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
-        instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
+        job.instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
     )
     reply = train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
     # Lets a run report where its clients trained (e.g. the GPU check).
@@ -109,12 +129,8 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
 
 def evaluate_locally(content: RecordDict, context: Context) -> RecordDict:
     """Handle an evaluate instruction: metrics of the global weights on local rows."""
-    cfg = _config(context)
-    instruction = parse_instruction(content)
-    labels = tuple(instruction.label_names)
-    path, pid, parts = _data_source(context)
-    _, eval_rows = _rows(cfg, labels, path, pid, parts)
-    model, tokenizer = _model(cfg, labels)
-    load_trainable_state(model, instruction.arrays, origin="evaluate instruction")
-    metrics = evaluate_model(model, eval_rows, tokenizer, cfg, pick_device(), list(labels))
-    return evaluate_reply(metrics, len(eval_rows))
+    job = _prepare(content, context, "evaluate")
+    metrics = evaluate_model(
+        job.model, job.eval_rows, job.tokenizer, job.cfg, pick_device(), job.instruction.label_names
+    )
+    return evaluate_reply(metrics, len(job.eval_rows))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.metrics import ClassificationMetrics
+from common.metrics import ClassificationMetrics, metrics_from_confusion
 from common.model import autocast, needs_grad_scaler
 
 if TYPE_CHECKING:
@@ -170,6 +170,9 @@ def evaluate_model(
     """Loss, accuracy, precision/recall/F1 and confusion matrix on ``dataset``."""
     import torch
 
+    if len(dataset) == 0:  # e.g. client-eval-fraction = 0: nothing to score
+        empty = np.zeros((len(label_names), len(label_names)), dtype=np.int64)
+        return {**metrics_from_confusion(empty, label_names), "loss": 0.0}
     model.to(device)
     model.eval()
     metric = ClassificationMetrics(label_names)

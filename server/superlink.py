@@ -314,7 +314,7 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> N
     flower-superexec in yet another session, so the tree is collected from
     ``/proc`` first and each process is signalled, not only the group.
     """
-    pids = [process.pid, *_descendants(process.pid)]
+    pids = [process.pid, *descendants(process.pid)]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -324,7 +324,7 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> N
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             process.poll()
-            if not any(_alive(pid) for pid in pids):
+            if not any(is_alive(pid) for pid in pids):
                 return
             time.sleep(0.2)
     process.poll()
@@ -339,7 +339,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         stat = _proc_stat(int(entry.name))
@@ -353,7 +353,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
     # Zombies count as dead: where PID 1 does not reap orphans they linger.
     stat = _proc_stat(pid)
     return stat is not None and stat[0] != "Z"

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from deploy import certs
+from server.superlink import descendants, is_alive
 
 HOSTS = ["server", "fl.example.org", "10.1.2.3", "2001:db8::7"]
 PRIVATE_FILES = ["ca.key", "server.key", "clients/client-1.key", "clients/client-1.id.key",
@@ -216,39 +217,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def descendants(root: int) -> list[int]:
-    """PIDs of all live descendants of ``root`` (found via /proc, so detached sessions too)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def is_running(pid: int) -> bool:
-    """True unless ``pid`` is gone or a zombie (zombies hold no sockets and run nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def stop_process_tree(proc: subprocess.Popen[bytes]) -> list[int]:
     """Terminate ``proc``'s process group and its detached children; return PIDs still running."""
     # flower-superlink starts flower-superexec in a new session: collect it before the
     # parent dies and it gets re-parented out of reach.
-    extra = descendants(proc.pid)
+    extra = descendants(proc.pid)  # server.superlink's /proc walk
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pgid_or_pid, kill in [(proc.pid, os.killpg)] + [(pid, os.kill) for pid in extra]:
             try:
@@ -260,11 +233,11 @@ def stop_process_tree(proc: subprocess.Popen[bytes]) -> list[int]:
         except subprocess.TimeoutExpired:
             continue
         deadline = time.monotonic() + 5
-        while any(is_running(pid) for pid in extra) and time.monotonic() < deadline:
+        while any(is_alive(pid) for pid in extra) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not any(is_running(pid) for pid in extra):
+        if not any(is_alive(pid) for pid in extra):
             break
-    return [pid for pid in [proc.pid, *extra] if is_running(pid)]
+    return [pid for pid in [proc.pid, *extra] if is_alive(pid)]
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from server.superlink import _alive, _descendants, free_port
+from server.superlink import is_alive, descendants, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "--local-steps", "2",
@@ -118,10 +118,10 @@ class Tracker:
 
     def scan(self) -> None:
         for root in list(self.roots):
-            self.seen.update(_descendants(root))
+            self.seen.update(descendants(root))
 
     def alive(self) -> list[str]:
-        return [f"{pid}: {_cmdline(pid)}" for pid in sorted(self.seen) if _alive(pid)]
+        return [f"{pid}: {_cmdline(pid)}" for pid in sorted(self.seen) if is_alive(pid)]
 
     def close(self) -> None:
         self._stop.set()
@@ -176,11 +176,11 @@ def client_args(d: dict[str, Path], port: int, key: Path, data: Path, home: str)
 
 
 def _supernode_tree(proc: Fedtext) -> list[int]:
-    return _descendants(proc.pid)
+    return descendants(proc.pid)
 
 
 def _runs_clientapp(proc: Fedtext) -> bool:
-    return any("flwr-clientapp" in _cmdline(pid) and _alive(pid) for pid in _supernode_tree(proc))
+    return any("flwr-clientapp" in _cmdline(pid) and is_alive(pid) for pid in _supernode_tree(proc))
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from server.superlink import _alive, _descendants, stop_process_group
+from server.superlink import is_alive, descendants, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> set[int]:
     """
     stopped: set[int] = set()
     while True:
-        new = [p for p in [proc.pid, *_descendants(proc.pid)] if p not in stopped]
+        new = [p for p in [proc.pid, *descendants(proc.pid)] if p not in stopped]
         if not new:
             break
         for pid in new:
@@ -97,7 +97,7 @@ def processes_using(home: Path) -> list[int]:
             env = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in env.split(b"\0") and _alive(int(entry.name)):
+        if marker in env.split(b"\0") and is_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -106,7 +106,7 @@ def wait_gone(pids: set[int], home: Path, timeout: float = 20.0) -> list[int]:
     """Pids still alive after ``timeout`` s: the killed ones and any other using ``home``."""
     deadline = time.monotonic() + timeout
     while True:
-        left = sorted({p for p in pids if _alive(p)} | set(processes_using(home)))
+        left = sorted({p for p in pids if is_alive(p)} | set(processes_using(home)))
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
