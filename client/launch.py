@@ -169,18 +169,14 @@ def check_local_port(port: int) -> int:
     return port
 
 
-def _toml_str(value: str) -> str:
-    import json
-
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
 def write_node_config(home: Path, data: Path, args: argparse.Namespace) -> Path:
     """The SuperNode's node config as a TOML file (any path survives the quoting)."""
+    from server.superlink import toml_value
+
     lines = [
-        f"data-path = {_toml_str(str(data))}",
-        f"text-column = {_toml_str(args.text_column)}",
-        f"label-column = {_toml_str(args.label_column)}",
+        f"data-path = {toml_value(str(data))}",
+        f"text-column = {toml_value(args.text_column)}",
+        f"label-column = {toml_value(args.label_column)}",
     ]
     if args.partition_id is not None:
         lines.append(f"partition-id = {int(args.partition_id)}")

@@ -105,8 +105,9 @@ def progress_line(entry: dict[str, Any], rounds: int | None) -> str:
         f"central acc {c.get('accuracy', float('nan')):.4f} f1 {c.get('f1_macro', float('nan')):.4f} "
         f"loss {c.get('loss', float('nan')):.4f}",
     ]
-    if entry["round"] > 0:
-        parts.append(f"{clients.get('trained', 0)} clients")
+    if "trained" in clients:  # a federated round (centralized rounds move no bytes)
+        parts.append(f"{clients['trained']} clients")
         parts.append(f"up {entry['bytes_up'] / 1e6:.2f} MB down {entry['bytes_down'] / 1e6:.2f} MB")
+    if entry["round"] > 0:
         parts.append(f"{entry['seconds']:.1f} s")
     return " | ".join(parts)

@@ -208,7 +208,7 @@ class LocalSuperLink:
         """Submit the app with its run config; return the run id."""
         args = ["run", str(app), CONNECTION, "--run-config", str(run_config), "--format", "json"]
         if federation_config:
-            args += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
+            args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
         res = self.flwr(*args)
         payload = _json_payload(res)
         if not payload.get("success") or "run-id" not in payload:
@@ -242,7 +242,7 @@ class LocalSuperLink:
 
 def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
     """Every config key as TOML, for ``flwr run --run-config FILE``."""
-    lines = [f"{key} = {json.dumps(value)}" for key, value in cfg.to_mapping().items()]
+    lines = [f"{key} = {toml_value(value)}" for key, value in cfg.to_mapping().items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -359,12 +359,13 @@ def is_alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
+def toml_value(value: bool | int | float | str) -> str:
+    """A config value as a TOML literal.
+
+    JSON's spelling of booleans, numbers and (escaped) strings is valid TOML, so
+    run configs, federation configs and node configs are all written this way.
+    """
+    return json.dumps(value)
 
 
 def _json_payload(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
