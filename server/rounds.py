@@ -32,7 +32,14 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from common.config import FedTextConfig
-from common.messages import ARRAYS, instruction_config, parse_evaluate_reply, record_bytes, to_array_record
+from common.messages import (
+    ARRAYS,
+    from_array_record,
+    instruction_config,
+    parse_evaluate_reply,
+    record_bytes,
+    to_array_record,
+)
 from common.metrics import metrics_from_confusion, summary
 from common.splits import server_test_set
 from server.aggregation import Aggregation, PlainAggregation, apply_update
@@ -79,7 +86,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
         instructions = list(
             strategy.configure_train(server_round, arrays, instruction_config(server_round, labels), grid)
         )
-        update = aggregation.collect(grid, instructions, _numpy(arrays), timeout)
+        update = aggregation.collect(grid, instructions, from_array_record(arrays), timeout)
         if update is None:
             log.warning("round %d: no client update arrived; global model unchanged", server_round)
         else:
@@ -110,10 +117,6 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
     return central
 
 
-def _numpy(arrays: Any) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
-
-
 def resume_from(checkpoint: Checkpoint, model: GlobalModel, strategy: Any) -> Any:
     """Install a checkpoint's global arrays and strategy state (FedAdam's moments...).
 
@@ -122,7 +125,7 @@ def resume_from(checkpoint: Checkpoint, model: GlobalModel, strategy: Any) -> An
     ArrayRecord
         The global arrays to continue from.
     """
-    arrays = to_array_record(check_arrays(checkpoint, _numpy(model.arrays())))
+    arrays = to_array_record(check_arrays(checkpoint, from_array_record(model.arrays())))
     model.load(arrays)
     restore_strategy(strategy, checkpoint)
     log.info("resumed from %s after round %d", checkpoint.path, checkpoint.server_round)
@@ -141,7 +144,7 @@ def save_checkpoint(recorder: RunRecorder, server_round: int, arrays: Any, strat
                     cfg: FedTextConfig) -> None:
     """Write ``OUT/checkpoint`` after a completed round (replacing the previous one)."""
     started = time.perf_counter()
-    path = write_checkpoint(recorder.out, server_round, _numpy(arrays), strategy, recorder.doc, cfg.to_mapping())
+    path = write_checkpoint(recorder.out, server_round, from_array_record(arrays), strategy, recorder.doc, cfg.to_mapping())
     log.info("round %d: checkpoint written to %s in %.1f s", server_round, path, time.perf_counter() - started)
 
 
