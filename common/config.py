@@ -138,7 +138,9 @@ class FedTextConfig:
         8, "Neighbours each client masks with (k); k >= clients-1 is classic SecAgg."
     )
     secagg_threshold: float = _opt(
-        0.6, "Shares needed to unmask, as a fraction of a client's neighbours (0.5, 1]."
+        0.6,
+        "Shares needed to unmask, as a fraction of a client's share holders (its "
+        "neighbours and itself), in (0.5, 1].",
     )
     secagg_clip: float = _opt(
         0.5, "Each update element is clipped to [-clip, clip] before quantization."
@@ -307,8 +309,10 @@ _SECAGG_KEYS = {
 def _validate_secagg(cfg: FedTextConfig) -> None:
     """SecAggParams checks its own ranges; report them under fedtext's key names."""
     # With two clients each one can work out the other's update from its own
-    # and the new global model, and a Shamir threshold t >= 2 among a single
-    # neighbour cannot be met: refuse rather than pretend to protect them.
+    # and the new global model: refuse rather than pretend to protect them.
+    # (A round that loses one of three clients still aggregates the other two:
+    # the protocol recovers the dropout, and the guarantee against the server
+    # holds.)
     for key, value in (("clients", cfg.clients), ("min-clients", cfg.min_clients)):
         if value < 3:
             raise ConfigError(

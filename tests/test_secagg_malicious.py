@@ -88,11 +88,12 @@ def test_claiming_fewer_than_t_survivors_is_refused() -> None:
     r.to_stage(3)
     node = IDS[0]
     request = copy.deepcopy(r.requests[node])
-    # Pretend all but t-1 neighbours dropped: that would reveal most sk_c shares.
+    # Pretend all but t-2 neighbours dropped (t-1 holders with the client
+    # itself): that would reveal most sk_c shares.
     t = r.server.threshold
-    request["dropped"] = request["alive"][t - 1 :]
-    request["alive"] = request["alive"][: t - 1]
-    with pytest.raises(SecAggError, match=f"not enough survivors: got {t - 1}, need t={t} at stage 2"):
+    request["dropped"] = request["alive"][t - 2 :]
+    request["alive"] = request["alive"][: t - 2]
+    with pytest.raises(SecAggError, match=f"not enough survivors: got {t - 2} \\+ itself, need t={t} at stage 2"):
         r.clients[node].stage3(request)
 
 

@@ -15,8 +15,8 @@ from common.secagg.params import SecAggParams
         ("num_neighbours", 2.5),
         ("threshold", 0),
         ("threshold", 1),
-        ("threshold", 9),  # > num_neighbours
-        ("threshold", 4),  # 2t <= k = 8
+        ("threshold", 10),  # > num_neighbours + 1 share holders
+        ("threshold", 4),  # 2t <= k + 1 = 9
         ("threshold", 0.5),
         ("threshold", 0.0),
         ("threshold", 1.5),
@@ -73,13 +73,14 @@ def test_num_clients_must_be_positive() -> None:
 
 @pytest.mark.parametrize(
     "k,threshold,degree,expected",
-    [(8, 0.6, 8, 5), (8, 0.6, 2, 2), (8, 0.51, 4, 3), (8, 1.0, 6, 6), (8, 5, 8, 5), (5, 3, 6, 4), (9, 0.6, 9, 6)],
+    [(8, 0.6, 8, 6), (8, 0.6, 2, 2), (8, 0.51, 4, 3), (8, 1.0, 6, 7), (8, 5, 8, 5), (5, 4, 6, 4), (9, 0.6, 9, 6)],
 )
 def test_threshold_for_degree_is_a_strict_majority(k: int, threshold: float, degree: int, expected: int) -> None:
-    # (5, 3, 6, 4): odd k=5 gives degree 6, so t=3 is raised to 4 to stay > d/2.
+    # Shares go to the d neighbours and the client itself: d + 1 holders.
+    # (5, 4, 6, 4): odd k=5 gives degree 6 (7 holders); t=4 is already > 7/2.
     t = SecAggParams(num_neighbours=k, threshold=threshold).threshold_for_degree(degree)
     assert t == expected
-    assert 2 * t > degree
+    assert 2 * t > degree + 1
 
 
 def test_dict_round_trip() -> None:

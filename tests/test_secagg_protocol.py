@@ -88,13 +88,26 @@ def test_three_dropouts_at_stage_2_complete_graph() -> None:
     _check(result, params, updates, weights, ids[3:])
 
 
-@pytest.mark.parametrize("stage,got", [(0, 3), (1, 3), (2, 3), (3, 2)])
-def test_fewer_than_t_survivors_is_a_clear_error(stage: int, got: int) -> None:
-    params = SecAggParams(num_neighbours=4, threshold=3, clip=1.0, bits=20, max_weight=1000)  # complete, t=3
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_fewer_than_t_survivors_is_a_clear_error(stage: int) -> None:
+    # Complete graph over 5, t=3 of 5 holders; 3 drop, 2 remain: 2 holders.
+    params = SecAggParams(num_neighbours=4, threshold=3, clip=1.0, bits=20, max_weight=1000)
     updates, weights = _population(5, seed=stage)
     ids = list(updates)
-    with pytest.raises(SecAggError, match=re.escape(f"not enough survivors: got {got}, need t=3 at stage {stage}")):
-        run_local_round(params, updates, weights, drop={ids[0]: stage, ids[1]: stage})
+    with pytest.raises(SecAggError, match=re.escape(f"not enough survivors: got 2, need t=3 at stage {stage}")):
+        run_local_round(params, updates, weights, drop={i: stage for i in ids[:3]})
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_three_clients_survive_one_dropout_at_any_stage(stage: int) -> None:
+    # Each client also holds a share of its own secrets (d + 1 = 3 holders,
+    # t = 2): the two survivors can rebuild the dropped key and their own
+    # self-masks, so a 3-client federation survives losing one client.
+    params = SecAggParams(num_neighbours=8, threshold=0.6, clip=1.0, bits=20, max_weight=1000)
+    updates, weights = _population(3, seed=10 + stage)
+    ids = list(updates)
+    result = run_local_round(params, updates, weights, drop={ids[0]: stage})
+    _check(result, params, updates, weights, ids if stage == 3 else ids[1:])
 
 
 def test_fraction_threshold_adapts_to_stage0_dropouts() -> None:

@@ -43,7 +43,7 @@ from .primitives import (
 )
 from .shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split_secret
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 DONE = 4
 MIN_ROUND_ID_BYTES = 16
 
@@ -72,6 +72,7 @@ class _ClientState:
     sharers: list = field(default_factory=list)
     held_b_shares: list = field(default_factory=list)
     held_sk_shares: list = field(default_factory=list)
+    own_b_share: bytes = b""
 
 
 class SecAggClient:
@@ -157,17 +158,23 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stage 1
     def stage1(self, request: Mapping[str, Any]) -> msg.Message:
-        """Share keys: Shamir-share b and sk_c among the neighbours, encrypted."""
+        """Share keys: Shamir-share b and sk_c among the neighbours (encrypted) and itself.
+
+        The client keeps its own share of b, so that its self-mask can be
+        rebuilt with t - 1 surviving neighbours; its own share of sk_c is
+        useless (it is only needed once this client has dropped) and is
+        discarded.
+        """
         self._start_stage(request, 1)
         s, params = self._s, self._require_params()
         node_ids: list[int] = request[msg.NODE_IDS]
         self._check_node_list(node_ids)
         degree = graph_degree(len(node_ids), params.num_neighbours)
         threshold = params.threshold_for_degree(degree)
-        if threshold > degree:
+        if threshold > degree + 1:
             raise SecAggError(
                 f"not enough survivors: got {len(node_ids)}, need t={threshold} at stage 0 "
-                f"(only {degree} neighbours per node)"
+                f"(only {degree} neighbours per node, {degree + 1} share holders)"
             )
         expected = set(neighbour_graph(node_ids, params.num_neighbours, s.round_id)[s.node_id])
         peers: list[int] = request[msg.PEER_IDS]
@@ -183,9 +190,10 @@ class SecAggClient:
         s.peer_pk_s = [request[msg.PEER_PK_S][i] for i in order]
         s.node_ids, s.threshold = list(node_ids), threshold
 
-        xs = [self._x_of(p) for p in s.peer_ids]
-        b_shares = split_secret(s.self_seed, threshold, xs)
-        sk_shares = split_secret(s.sk_c, threshold, xs)
+        xs = [self._x_of(p) for p in s.peer_ids] + [self._x_of(s.node_id)]
+        *b_shares, own_b_share = split_secret(s.self_seed, threshold, xs)
+        *sk_shares, _ = split_secret(s.sk_c, threshold, xs)
+        s.own_b_share = share_to_bytes(own_b_share)
         ciphertexts = [
             encrypt_shares(
                 self._share_key(peer, pk_s),
@@ -241,9 +249,9 @@ class SecAggClient:
         if len(set(senders)) != len(senders):
             raise SecAggError("duplicate senders in the stage 2 request")
         self._require_neighbours(senders)
-        if len(senders) < s.threshold:
+        if len(senders) + 1 < s.threshold:
             raise SecAggError(
-                f"not enough survivors: got {len(senders)}, need t={s.threshold} at stage 1 "
+                f"not enough survivors: got {len(senders)} + itself, need t={s.threshold} at stage 1 "
                 f"(neighbours of node {s.node_id} that shared keys)"
             )
         held = [self._open_shares(j, ct) for j, ct in zip(senders, request[msg.CIPHERTEXTS])]
@@ -286,7 +294,7 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stage 3
     def stage3(self, request: Mapping[str, Any]) -> msg.Message:
-        """Unmasking: b-shares of surviving peers, sk-shares of dropped peers.
+        """Unmasking: b-shares of surviving peers and its own, sk-shares of dropped peers.
 
         Malicious-server checks (each raises :class:`SecAggError`): a peer in
         both lists (its b and sk_c together would unmask its input), a peer
@@ -313,21 +321,21 @@ class SecAggClient:
         missing = sorted(sharers - set(alive) - set(dropped))
         if missing:
             raise SecAggError(f"unmasking request does not say whether nodes {missing} survived")
-        if len(alive) < s.threshold:
+        if len(alive) + 1 < s.threshold:
             raise SecAggError(
-                f"not enough survivors: got {len(alive)}, need t={s.threshold} at stage 2 "
+                f"not enough survivors: got {len(alive)} + itself, need t={s.threshold} at stage 2 "
                 f"(claimed surviving neighbours of node {s.node_id})"
             )
         b_by_owner = dict(zip(s.sharers, s.held_b_shares))
         sk_by_owner = dict(zip(s.sharers, s.held_sk_shares))
         reply = {
             msg.STAGE: 3,
-            msg.B_SHARE_OWNERS: list(alive),
-            msg.B_SHARES: [b_by_owner[p] for p in alive],
+            msg.B_SHARE_OWNERS: [*alive, s.node_id],
+            msg.B_SHARES: [*(b_by_owner[p] for p in alive), s.own_b_share],
             msg.SK_SHARE_OWNERS: list(dropped),
             msg.SK_SHARES: [sk_by_owner[p] for p in dropped],
         }
-        s.held_b_shares, s.held_sk_shares = [], []
+        s.held_b_shares, s.held_sk_shares, s.own_b_share = [], [], b""
         s.next_stage = DONE
         return reply
 

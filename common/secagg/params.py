@@ -38,12 +38,17 @@ class SecAggParams:
         neighbour graph is regular (see :mod:`.graph`); k >= n-1 gives classic
         SecAgg (complete graph).
     threshold : int or float
-        Shamir threshold t. An ``int`` is an absolute t with 2 <= t <= k and
-        2t > k; a ``float`` in (0.5, 1] is a fraction of the neighbour degree d
-        (t = ceil(threshold * d)). Either way t is raised at run time to at
-        least d // 2 + 1 so that an honest client, which reveals at most one of
-        the two shares it holds for a peer, can never help a server to collect
-        t shares of both secrets of that peer. See :meth:`threshold_for_degree`.
+        Shamir threshold t. Each client splits its secrets among its d
+        neighbours and itself (d + 1 holders, as U1 includes u in Bonawitz
+        et al.), so its self-mask can be rebuilt while only t - 1 neighbours
+        survive. An ``int`` is an absolute t with 2 <= t <= k + 1 and
+        2t > k + 1; a ``float`` in (0.5, 1] is a fraction of the d + 1
+        holders (t = ceil(threshold * (d + 1))). Either way t is raised at run
+        time to a strict majority of the holders, so that an honest client,
+        which reveals at most one of the two shares it holds for a peer (and
+        of its own only the self-mask share), can never help a server to
+        collect t shares of both secrets of that peer. See
+        :meth:`threshold_for_degree`.
     clip : float
         Every element of an update is clipped to [-clip, clip] before
         quantization.
@@ -85,13 +90,13 @@ class SecAggParams:
             )
 
     def _validate_threshold(self) -> None:
-        t, k = self.threshold, self.num_neighbours
+        t, holders = self.threshold, self.num_neighbours + 1
         if _is_int(t):
-            if not 2 <= t <= k:
-                raise ValueError(f"threshold must satisfy 2 <= threshold <= num_neighbours={k}, got {t}")
-            if 2 * t <= k:
+            if not 2 <= t <= holders:
+                raise ValueError(f"threshold must satisfy 2 <= threshold <= num_neighbours+1={holders}, got {t}")
+            if 2 * t <= holders:
                 raise ValueError(
-                    f"threshold={t} must exceed num_neighbours/2={k / 2} "
+                    f"threshold={t} must exceed (num_neighbours+1)/2={holders / 2} "
                     "(else a server could collect both shares of a peer)"
                 )
         elif isinstance(t, float):
@@ -131,15 +136,17 @@ class SecAggParams:
     def threshold_for_degree(self, degree: int) -> int:
         """Shamir threshold t for a neighbour graph of the given degree.
 
-        The result always satisfies 2 <= t and 2t > degree; it may exceed
-        ``degree`` when the graph is too small, which the caller reports as
-        "not enough survivors".
+        The shares go to ``degree + 1`` holders (the neighbours and the client
+        itself). The result always satisfies 2 <= t and 2t > degree + 1; it
+        may exceed ``degree + 1`` when the graph is too small, which the
+        caller reports as "not enough survivors".
         """
+        holders = degree + 1
         if _is_int(self.threshold):
             wanted = int(self.threshold)
         else:
-            wanted = math.ceil(float(self.threshold) * degree)
-        return max(2, wanted, degree // 2 + 1)
+            wanted = math.ceil(float(self.threshold) * holders)
+        return max(2, wanted, holders // 2 + 1)
 
     # ------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, int | float]:

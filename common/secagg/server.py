@@ -134,8 +134,8 @@ class SecAggServer:
         u1 = sorted(adverts)
         degree = graph_degree(len(u1), self.params.num_neighbours)
         self._threshold = t = self.params.threshold_for_degree(degree)
-        if t > degree:
-            raise _not_enough(len(u1), t, 0, f"clients that advertised keys; t+1={t + 1} are needed")
+        if t > degree + 1:
+            raise _not_enough(len(u1), t, 0, "clients that advertised keys")
         self._graph = neighbour_graph(u1, self.params.num_neighbours, self.round_id)
         self._x_index = {n: i + 1 for i, n in enumerate(u1)}
         self._pk_c = {n: adverts[n][msg.PK_C] for n in u1}
@@ -195,14 +195,15 @@ class SecAggServer:
             raise SecAggError("ciphertexts are not addressed to exactly the node's neighbours")
 
     def _prune(self, alive: set[int]) -> set[int]:
-        # A node with fewer than t neighbours holding its shares could never be
-        # unmasked; removing it now is as clean as a stage-1 dropout.
+        # A node whose shares reached fewer than t holders (itself included)
+        # could never be unmasked; removing it now is as clean as a stage-1
+        # dropout.
         alive = set(alive)
         changed = True
         while changed:
             changed = False
             for node in sorted(alive):
-                if sum(p in alive for p in self._graph[node]) < self._threshold:
+                if 1 + sum(p in alive for p in self._graph[node]) < self._threshold:
                     alive.discard(node)
                     self.dropped[node] = 1
                     self.rejected[node] = "pruned: fewer than t neighbours shared keys"
@@ -221,8 +222,8 @@ class SecAggServer:
                 self._mark_dropped(node, 2, f"masked vector length differs from {length}")
         u3 = set(masked)
         t = self._threshold
-        if len(u3) < t + 1:
-            raise _not_enough(len(u3), t, 2, f"clients that sent masked inputs; t+1={t + 1} are needed")
+        if len(u3) < t:
+            raise _not_enough(len(u3), t, 2, "clients that sent masked inputs")
         self._check_recoverable(u3, set(self._u2) - u3, stage=2, responders=u3)
         self._u3 = sorted(u3)
 
@@ -257,12 +258,16 @@ class SecAggServer:
         return min(counts, key=lambda size: (-counts[size], size))
 
     def _check_recoverable(self, survivors: set[int], gone: set[int], *, stage: int, responders: set[int]) -> None:
-        """Every mask still in the sum must be removable from >= t responders' shares."""
+        """Every mask still in the sum must be removable from >= t responders' shares.
+
+        A survivor's self-mask shares are held by its neighbours and by itself;
+        a dropped node's key shares only by its neighbours.
+        """
         t = self._threshold
         for node in sorted(survivors):
-            have = sum(p in responders for p in self._graph[node])
+            have = sum(p in responders for p in (*self._graph[node], node))
             if have < t:
-                raise _not_enough(have, t, stage, f"neighbours of node {node} able to return its self-mask shares")
+                raise _not_enough(have, t, stage, f"holders of node {node}'s self-mask shares (itself included)")
         for node in sorted(gone):
             if not any(p in survivors for p in self._graph[node]):
                 continue  # no survivor masked with it: nothing to remove
@@ -305,7 +310,8 @@ class SecAggServer:
 
     def _check_unmask_reply(self, node: int, reply: Mapping[str, Any]) -> None:
         asked = self._requests3[node]
-        if reply[msg.B_SHARE_OWNERS] != asked[msg.ALIVE] or reply[msg.SK_SHARE_OWNERS] != asked[msg.DROPPED]:
+        expected_b_owners = [*asked[msg.ALIVE], node]
+        if reply[msg.B_SHARE_OWNERS] != expected_b_owners or reply[msg.SK_SHARE_OWNERS] != asked[msg.DROPPED]:
             raise SecAggError("returned shares do not match the request")
         x = self._x_of(node)
         for blob in reply[msg.B_SHARES] + reply[msg.SK_SHARES]:
@@ -315,7 +321,8 @@ class SecAggServer:
     def _reconstruct(self, owner: int, shares: Mapping[int, Mapping[str, Any]], owners_field: str,
                      shares_field: str) -> bytes:
         points: list[Share] = []
-        for holder in self._graph[owner]:
+        # A node's own reply carries its own self-mask share (never a key share).
+        for holder in (*self._graph[owner], owner):
             reply = shares.get(holder)
             if reply is None or owner not in reply[owners_field]:
                 continue
