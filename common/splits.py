@@ -66,16 +66,39 @@ def training_pool(cfg: FedTextConfig, label_names: list[str]) -> LabeledData:
         pool = _load(cfg, cfg.data, label_names)
     else:
         pool, _ = _split_pool(cfg, label_names)
+    return _capped_pool(cfg, pool)
+
+
+def _capped_pool(cfg: FedTextConfig, pool: LabeledData) -> LabeledData:
     return LabeledData(_cap(pool.dataset, cfg.max_examples, cfg.seed), pool.label_names, pool.source)
+
+
+def server_test_set_and_pool(cfg: FedTextConfig) -> tuple[LabeledData, LabeledData]:
+    """:func:`server_test_set` and :func:`training_pool` from one read of the data.
+
+    For the processes that need both (the simulation's pre-flight check, the
+    centralized baseline); they get the same rows as the two calls would.
+    """
+    if cfg.test_data:
+        test = server_test_set(cfg)
+        return test, training_pool(cfg, test.label_names)
+    pool, test = _split_pool(cfg)
+    return test, _capped_pool(cfg, pool)
+
+
+def client_share(
+    cfg: FedTextConfig, pool: LabeledData, partition_id: int, num_partitions: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, eval) rows of simulated client ``partition_id`` of ``pool``."""
+    share = load_partition(pool.dataset, cfg.partition, num_partitions, partition_id, cfg.seed)
+    return local_split(share, cfg.client_eval_fraction, cfg.seed, f"partition {partition_id}")
 
 
 def simulated_client_data(
     cfg: FedTextConfig, label_names: list[str], partition_id: int, num_partitions: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) rows of simulated client ``partition_id``."""
-    pool = training_pool(cfg, label_names)
-    share = load_partition(pool.dataset, cfg.partition, num_partitions, partition_id, cfg.seed)
-    return local_split(share, cfg.client_eval_fraction, cfg.seed, f"partition {partition_id}")
+    return client_share(cfg, training_pool(cfg, label_names), partition_id, num_partitions)
 
 
 def client_file_data(

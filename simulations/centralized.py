@@ -13,17 +13,18 @@ import time
 
 from common.config import FedTextConfig
 from common.model import pick_device
-from common.splits import server_test_set, simulated_client_data
+from common.data import LabeledData
+from common.splits import client_share, server_test_set_and_pool
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder, progress_line
 from simulations.simulate import prepare_config
 
 
-def union_of_client_rows(cfg: FedTextConfig, label_names: list[str]):  # noqa: ANN201
+def union_of_client_rows(cfg: FedTextConfig, pool: LabeledData):  # noqa: ANN201
     """The rows the simulated clients would train on, concatenated."""
     import datasets
 
-    shares = [simulated_client_data(cfg, label_names, pid, cfg.clients)[0] for pid in range(cfg.clients)]
+    shares = [client_share(cfg, pool, pid, cfg.clients)[0] for pid in range(cfg.clients)]
     return datasets.concatenate_datasets(shares)
 
 
@@ -32,8 +33,8 @@ def centralized(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     from common.training import train_model
 
     cfg = prepare_config(cfg)
-    test = server_test_set(cfg)
-    rows = union_of_client_rows(cfg, test.label_names)
+    test, pool = server_test_set_and_pool(cfg)
+    rows = union_of_client_rows(cfg, pool)
     model = GlobalModel(cfg, test.label_names)
     echo(f"fedtext centralized: {len(rows)} training rows, {len(test)} test rows; {model.describe()}")
     recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": test.label_names, "model": model.sizes(),

@@ -16,7 +16,7 @@ from pathlib import Path
 from common.config import FedTextConfig
 from common.errors import FedTextError
 from common.packaged import PREFIX
-from common.splits import server_test_set, training_pool
+from common.splits import server_test_set_and_pool
 from common.partition import load_partition
 from server.checkpoint import load_for_resume
 from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
@@ -46,8 +46,7 @@ def check_resume(cfg: FedTextConfig) -> None:
 
 def check_data(cfg: FedTextConfig) -> list[str]:
     """Load the server's test set and every client's share; return the labels."""
-    test = server_test_set(cfg)
-    pool = training_pool(cfg, test.label_names)
+    test, pool = server_test_set_and_pool(cfg)
     for pid in range(cfg.clients):
         share = load_partition(pool.dataset, cfg.partition, cfg.clients, pid, cfg.seed)
         if len(share) < 2:

@@ -221,3 +221,20 @@ def test_only_one_distinct_label(tmp_path: Path) -> None:
     _one_line(info.value, "one.csv", "1 distinct label", "at least 2")
     # With the federation's labels declared, a one-class client file is valid.
     assert load_labeled(path, label_names=["fresh", "rotten"]).dataset["label"] == [0] * 5
+
+
+@pytest.mark.parametrize("separate_test_file", [False, True])
+def test_one_read_gives_the_rows_of_the_separate_calls(
+    tmp_path: Path, tiny_config, sample_rows: list[dict[str, str]], separate_test_file: bool
+) -> None:
+    from common.splits import server_test_set, server_test_set_and_pool, training_pool
+
+    data = write_csv(tmp_path / "data.csv", sample_rows)
+    test_file = write_csv(tmp_path / "test.csv", sample_rows[:7]) if separate_test_file else ""
+    cfg = tiny_config(data=str(data), test_data=str(test_file), max_examples=9, max_test_examples=5)
+    test, pool = server_test_set_and_pool(cfg)
+    alone_test = server_test_set(cfg)
+    alone_pool = training_pool(cfg, alone_test.label_names)
+    assert test.label_names == alone_test.label_names == pool.label_names
+    assert test.dataset.to_list() == alone_test.dataset.to_list()
+    assert pool.dataset.to_list() == alone_pool.dataset.to_list() and len(pool) == 9
