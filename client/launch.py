@@ -31,6 +31,7 @@ from typing import Any
 from common.errors import ConfigError, DataError
 
 # Flower exits with these codes (sys.exit truncates them to code % 256).
+REFUSED = 305
 EXIT_REASONS = {
     302: "the SuperNode key could not be loaded (expected EC, OpenSSH PRIVATE format)",
     305: "the server refused this SuperNode's key: it is not registered on the server "
@@ -64,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the server sends.")
     parser.add_argument("--partition-id", type=int, default=None,
                         help="A number for this client in logs and seeds (optional).")
+    parser.add_argument("--join-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="Keep retrying this long while the server refuses this SuperNode's key "
+                             "(it may not be registered yet: the server registers keys after it starts); "
+                             "0: give up at the first refusal (default: 300).")
     parser.add_argument("--home", type=Path, default=None, metavar="DIR",
                         help="Folder for this SuperNode's Flower state (default: "
                              "~/.fedtext/client-<hash of server and key>).")
@@ -197,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     """``fedtext client``; returns the SuperNode's exit code."""
     if args.partition_id is not None and args.partition_id < 0:
         raise ConfigError(f"--partition-id: expected >= 0, got {args.partition_id}")
+    if not args.join_timeout >= 0:  # also refuses nan
+        raise ConfigError(f"--join-timeout: expected seconds >= 0, got {args.join_timeout}")
     data_path = args.data.expanduser()
     check_data(data_path, args.text_column, args.label_column, parse_labels(args.labels))
     data_path = data_path.resolve()
@@ -212,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
 
-    from server.launch import ignore_signals, install_signal_handlers
-    from server.superlink import descendants, flower_env, flwr_bin, stop_process_group
+    from server.launch import install_signal_handlers
+    from server.superlink import flower_env, flwr_bin
 
     node_config = write_node_config(home, data_path, args)
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -229,15 +236,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"fedtext client: joining {superlink} with {data_path} "
           f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home})", flush=True)
 
+    deadline = time.monotonic() + args.join_timeout
+    wait = 5.0
+    while True:
+        code, seen = run_supernode(cmd, flower_env(home))
+        if not (code != 0 and REFUSED in seen) or time.monotonic() + wait > deadline:
+            return _report_exit(code, seen)
+        # The key may not be registered yet: the server registers keys only once
+        # its SuperLink is up, and clients often start at the same time.
+        print(f"fedtext client: the server refused this SuperNode's key; retrying in {wait:.0f} s "
+              f"(--join-timeout {args.join_timeout:.0f} s)", file=sys.stderr, flush=True)
+        install_signal_handlers()
+        time.sleep(wait)
+        wait = min(2 * wait, 30.0)
+
+
+def run_supernode(cmd: list[str], env: dict[str, str]) -> tuple[int, set[int]]:
+    """Run one SuperNode until it exits; return its exit code and the Flower exit codes it printed."""
     import subprocess
     import threading
 
-    install_signal_handlers()
+    from server.launch import ignore_signals, install_signal_handlers
+    from server.superlink import descendants, stop_process_group
+
     process: subprocess.Popen[bytes] | None = None
     seen: set[int] = set()
     tree: set[int] = set()
+    install_signal_handlers()
     try:
-        process = subprocess.Popen(cmd, env=flower_env(home), stdout=subprocess.PIPE,
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         forward = threading.Thread(target=_forward, args=(process.stdout, seen), daemon=True)
         forward.start()
@@ -254,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         if process is not None:
             stop_process_group(process, grace=5.0)
         _stop_pids(tree)
-    return _report_exit(code, seen)
+    return code, seen
 
 
 def _forward(stream: Any, seen: set[int]) -> None:

@@ -176,9 +176,9 @@ def install_signal_handlers() -> None:
     def _stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig, handler in ((signal.SIGTERM, _stop), (signal.SIGHUP, _stop), (signal.SIGINT, signal.default_int_handler)):
         try:
-            signal.signal(sig, _stop)
+            signal.signal(sig, handler)
         except (ValueError, OSError):  # not the main thread
             pass
 

@@ -6,10 +6,12 @@ minutes on 2 cores):
 
 - a client with a bad data file exits 2 with one line, before any SuperNode starts;
 - the server runs with TLS and SuperNode authentication; plain HTTP is refused;
-- a client whose key is not registered is refused (Flower exit code 305);
+- a client whose key is not registered is refused (Flower exit code 305), retries
+  until its ``--join-timeout`` and then says so in one line;
 - a client with ``--insecure`` never joins the TLS server;
-- client C is SIGKILLed (its whole SuperNode tree) while it works on its first
-  instruction: the round times out on it and the federation completes with A and B;
+- updates are securely aggregated (SecAgg+, on by default): client C is SIGKILLed
+  (its whole SuperNode tree) while it trains in round 1, the round goes on with the
+  clients that answered, and the federation completes with A, B and D;
 - afterwards no process that any of these commands started is left.
 
 A second, shorter test stops a ``fedtext server --insecure`` with SIGTERM while it
@@ -37,10 +39,9 @@ from server.superlink import is_alive, descendants, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "--local-steps", "2",
-        "--max-test-examples", "60", "--rounds", "2", "--min-clients", "2", "--fraction-evaluate", "1.0",
-        # Only the encoder layer and head travel (2 MB instead of 55 MB per message);
-        # plain aggregation: this test is about the deployment, not SecAgg+.
-        "--freeze", "embeddings", "--no-secagg"]
+        "--max-test-examples", "60", "--rounds", "2", "--min-clients", "3", "--fraction-evaluate", "1.0",
+        # Only the encoder layer and head travel (2 MB instead of 55 MB per message).
+        "--freeze", "embeddings"]
 # A killed client holds a round until the SuperLink marks it offline (~60 s without
 # heartbeat) or this timeout; generous so that slow healthy clients (a loaded
 # 2-core machine) are never cut off.
@@ -161,10 +162,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, rt_rows: list[dict[str,
     from deploy.certs import make_certificates
 
     root = tmp_path_factory.mktemp("deploy")
-    make_certificates(root / "certs", ["localhost"], clients=3)
+    make_certificates(root / "certs", ["localhost"], clients=4)
     make_certificates(root / "stranger", ["localhost"], clients=1)  # a key the server never saw
     rows = [r for r in rt_rows if r["label"] in ("fresh", "rotten")]
-    data = {f"data{i}": write_rows(root / f"client-{i}.csv", rows[i * 40:(i + 1) * 40]) for i in range(3)}
+    data = {f"data{i}": write_rows(root / f"client-{i}.csv", rows[i * 40:(i + 1) * 40]) for i in range(4)}
     bad = root / "bad.csv"
     bad.write_text("text,label\ngood film,fresh\n,rotten\n", encoding="utf-8")  # row 2: empty text
     return {"root": root, "certs": root / "certs", "stranger": root / "stranger", "bad": bad, **data}
@@ -201,13 +202,13 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
             and "row 2" in err[0], err
         assert "SuperNode" not in bad.stdout()
 
-        # 2. The server: TLS + node auth, keys of clients 1-3 registered.
+        # 2. The server: TLS + node auth, keys of clients 1-4 registered.
         server = tracker.add(Fedtext("server", [
             "server", "--certs", str(d["certs"]), "--authorized-keys", str(keys), "--host", "127.0.0.1",
             "--port", str(port), "--round-timeout", ROUND_TIMEOUT, "--out", str(out), *TINY], root))
         procs.append(server)
-        server.wait_for(r"waiting for 2 clients", 240)
-        assert "registered 3 SuperNode key(s)" in server.stdout()
+        server.wait_for(r"waiting for 3 clients", 240)
+        assert "registered 4 SuperNode key(s)" in server.stdout()
 
         # 3. Plain HTTP to the TLS port gets no answer; HTTPS with the CA does.
         import httpx
@@ -219,17 +220,19 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         tls = ssl.create_default_context(cafile=str(d["certs"] / "ca.crt"))
         assert httpx.get(f"https://127.0.0.1:{port}/health", verify=tls, timeout=5).is_success
 
-        # 4. Client C joins first (so it is sampled in round 1), then A and B.
+        # 4. Client C joins first (so it is sampled in round 1), then A, B and D.
         c = tracker.add(Fedtext("c", client_args(d, port, keys / "client-3.key", d["data2"], "h-c"), root))
         procs.append(c)
         c.wait_for(r"SuperNode ID", 120)
         a = tracker.add(Fedtext("a", client_args(d, port, keys / "client-1.key", d["data0"], "h-a"), root))
         b = tracker.add(Fedtext("b", client_args(d, port, keys / "client-2.key", d["data1"], "h-b"), root))
-        procs += [a, b]
+        dd = tracker.add(Fedtext("d", client_args(d, port, keys / "client-4.key", d["data3"], "h-d"), root))
+        procs += [a, b, dd]
 
         # 5. An unregistered key is refused (checked below, while the rounds run).
-        stranger = tracker.add(Fedtext("stranger", client_args(
-            d, port, d["stranger"] / "clients" / "client-1.key", d["data2"], "h-stranger"), root))
+        stranger = tracker.add(Fedtext("stranger", [*client_args(
+            d, port, d["stranger"] / "clients" / "client-1.key", d["data2"], "h-stranger"),
+            "--join-timeout", "8"], root))
 
         # 6. A plaintext client cannot join the TLS server (it keeps retrying).
         plain = tracker.add(Fedtext("plain", ["client", "--insecure", "--server", f"127.0.0.1:{port}",
@@ -247,28 +250,36 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
                 os.kill(pid, signal.SIGKILL)
         assert c.wait(30) != 0
 
-        # The stranger got Flower's exit code 305 and said so in one line.
+        # The stranger got Flower's exit code 305, retried until --join-timeout,
+        # and ended with one line.
         assert stranger.wait(180) != 0
         assert "Failed to activate SuperNode" in stranger.stdout()
-        assert "SuperNode exited with code 305: the server refused this SuperNode's key" in stranger.stderr()
+        err = stranger.stderr().strip().splitlines()
+        assert err[0].startswith("fedtext client: the server refused this SuperNode's key; retrying in 5 s"), err
+        assert err[-1].startswith("fedtext client: SuperNode exited with code 305: the server refused"), err
 
-        # 8. The federation completes with A and B.
+        # 8. The federation completes with A, B and D, every round securely aggregated.
         assert server.wait(600) == 0, server.stdout() + server.stderr()
         doc = json.loads((out / "metrics.json").read_text())
-        assert doc["status"] == "completed"
+        assert doc["status"] == "completed" and doc["config"]["secagg"] is True
         rounds = [r for r in doc["rounds"] if r["round"] >= 1]
         assert [r["round"] for r in rounds] == [1, 2]
-        assert rounds[-1]["clients"]["trained"] == 2, rounds[-1]["clients"]
-        assert all(r["clients"]["trained"] >= 1 for r in rounds)
+        assert rounds[-1]["clients"]["trained"] == 3, rounds[-1]["clients"]
+        # Round 1 lost C mid-training and still aggregated the others' masked updates.
+        first = rounds[0]["clients"]
+        assert first["trained"] >= 2 and any("dropped at stage 0" in p for p in first["problems"]), first
+        trainable = doc["model"]["trainable_params"]
+        # Masked updates travel as uint32: 4 bytes per trainable parameter (+ the weight).
+        assert 4 * trainable <= rounds[-1]["bytes_up_per_client"] < 4 * trainable + 4096
         assert (out / "model").is_dir() and any((out / "model").iterdir())
         assert "round 2/2" in server.stdout() and "done: central accuracy" in server.stdout()
         assert (out / "run.log").stat().st_size > 0
         assert "SuperNode ID" not in plain.stdout()
 
         # 9. Clients stop on SIGTERM, with everything below them.
-        for proc in (a, b, plain):
+        for proc in (a, b, dd, plain):
             proc.popen.send_signal(signal.SIGTERM)
-        for proc in (a, b, plain):
+        for proc in (a, b, dd, plain):
             assert proc.wait(60) != 0
         tracker.scan()
         assert_nothing_left(tracker)
@@ -290,7 +301,7 @@ def test_server_stops_everything_on_sigterm(tmp_path: Path) -> None:
         server = tracker.add(Fedtext("server", [
             "server", "--insecure", "--host", "127.0.0.1", "--port", str(free_port()),
             "--out", str(tmp_path / "run"), *TINY], tmp_path))
-        server.wait_for(r"waiting for 2 clients", 240)
+        server.wait_for(r"waiting for 3 clients", 240)
         warning = [ln for ln in server.stderr().splitlines() if "--insecure" in ln]
         assert len(warning) == 1 and "warning" in warning[0]
         tracker.scan()
