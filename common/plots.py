@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():  # noqa: ANN202
+def pyplot():  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")  # headless: servers and CI have no display
@@ -19,7 +19,7 @@ def _pyplot():  # noqa: ANN202
 
 def plot_confusion(cm: list[list[int]] | np.ndarray, labels: list[str], path: str | Path, title: str = "") -> Path:
     """Confusion matrix, true labels down, predictions across, counts in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     size = max(4.0, 0.9 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -42,7 +42,7 @@ def plot_confusion(cm: list[list[int]] | np.ndarray, labels: list[str], path: st
 
 def plot_rounds(doc: dict[str, Any], path: str | Path) -> Path:
     """Central accuracy, macro F1 and loss per round, with the clients' evaluation means."""
-    plt = _pyplot()
+    plt = pyplot()
     rounds = doc.get("rounds", [])
     x = [r["round"] for r in rounds]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

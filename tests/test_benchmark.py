@@ -1,0 +1,107 @@
+"""simulations/benchmark.py: the plan is a fair comparison, the report keeps the prose,
+and one real (tiny) run is measured end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simulations.benchmark import (
+    FREEZES,
+    MARK_BEGIN,
+    MARK_END,
+    REFERENCE_FREEZE,
+    Result,
+    Scenario,
+    plan,
+    ratios,
+    reused_result,
+    run_scenario,
+    write_report,
+)
+
+DATASETS = ["rotten_tomatoes", "bbc_news"]
+PLAN = plan(DATASETS, {"rotten_tomatoes": 800, "bbc_news": 600}, 400, clients=4, rounds=3, seed=42)
+# What a federated run may change from its centralized baseline (federation-only keys).
+FEDERATION_ONLY = {"strategy", "secagg", "fraction-evaluate", "min-clients", "proximal-mu"}
+
+
+def test_every_federated_run_has_a_baseline_with_the_same_model_rows_and_epochs() -> None:
+    by_key = {s.key: s for s in PLAN}
+    assert len(by_key) == len(PLAN), "scenario names repeat"
+    for s in PLAN:
+        base = by_key[f"{s.dataset}/{s.baseline}"]
+        assert base.command == "centralized"
+        # The partition decides who holds which rows, not which rows train: the
+        # centralized baseline trains on their union either way.
+        ignored = FEDERATION_ONLY | {"partition"}
+        mine = {k: v for k, v in s.flags.items() if k not in ignored}
+        theirs = {k: v for k, v in base.flags.items() if k not in ignored}
+        assert mine == theirs, (s.key, set(mine.items()) ^ set(theirs.items()))
+
+
+def test_federated_runs_change_one_thing_from_the_reference() -> None:
+    for ds in DATASETS:
+        runs = {s.name: s for s in PLAN if s.dataset == ds}
+        reference = runs["fedavg-dirichlet"].flags
+        assert reference["partition"] == "dirichlet:0.5" and reference["secagg"] is True
+        assert reference["freeze"] == REFERENCE_FREEZE and reference["strategy"] == "fedavg"
+        for name, s in runs.items():
+            if s.command == "centralized" or name == "fedavg-dirichlet":
+                continue
+            changed = {k for k in reference.keys() | s.flags.keys() if reference.get(k) != s.flags.get(k)}
+            # A freezing variant also takes that policy's learning rate.
+            assert changed in ({"partition"}, {"secagg"}, {"strategy"}, {"strategy", "proximal-mu"},
+                               {"freeze", "lr"}), (name, changed)
+        assert {s.flags["freeze"] for s in runs.values() if s.command == "centralized"} == set(FREEZES)
+
+
+def _result(name: str, command: str, accuracy: float, wall: float, freeze: str = REFERENCE_FREEZE) -> Result:
+    return Result(
+        key=f"bbc_news/{name}", dataset="bbc_news", name=name, command=command,
+        flags={"freeze": freeze}, baseline=f"centralized-{freeze}", exit_code=0, wall_seconds=wall,
+        round_seconds=wall / 2, train_steps=30, peak_rss_mb=900.0, peak_pss_mb=700.0, accuracy=accuracy,
+        f1_macro=accuracy - 0.01, accuracy_by_round=[0.2, accuracy], bytes_up_per_client_round=4e6,
+    )
+
+
+def test_report_has_ratios_goals_and_keeps_the_hand_written_prose(tmp_path: Path) -> None:
+    results = [_result("centralized-bottom:4", "centralized", 0.90, 100.0),
+               _result("fedavg-dirichlet", "simulate", 0.88, 130.0)]
+    rows = ratios(results)
+    assert rows[1]["accuracy_ratio"] == pytest.approx(0.88 / 0.90)
+    assert rows[1]["wall_ratio"] == pytest.approx(1.3)
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Benchmarks\n\nintro prose\n\n{MARK_BEGIN}\nold table\n{MARK_END}\n\nclosing prose\n")
+    write_report(rows, ["bbc_news"], "python -m simulations.benchmark", tmp_path)
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nintro prose\n\n") and text.endswith("\n\nclosing prose\n")
+    assert "old table" not in text
+    assert "accuracy 0.978 x centralized (misses by 0.012 the 0.99 goal)" in text
+    assert "wall time 1.30 x (misses by 0.20 the 1.10 goal)" in text
+    assert "| fedavg-dirichlet | bottom:4 | 0.8800 |" in text
+    figures = json.loads((tmp_path / "benchmarks" / "benchmark.json").read_text())
+    assert figures["runs"][1]["accuracy_ratio"] == pytest.approx(0.88 / 0.90)
+    assert (tmp_path / "benchmarks" / "bbc_news.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_tiny_centralized_run_is_measured_and_can_be_reused(tmp_path: Path) -> None:
+    tiny = plan(["bbc_news"], {"bbc_news": 60}, 30, clients=3, rounds=1, seed=1, num_hidden_layers=1)
+    scenario = next(s for s in tiny if s.name == "centralized-head")
+    scenario = replace(scenario, flags={**scenario.flags, "max-length": 32})
+    result = run_scenario(scenario, tmp_path / "run", log=lambda _line: None)
+    assert result.exit_code == 0, (tmp_path / "run" / "benchmark.log").read_text()[-2000:]
+    assert 0.0 <= result.accuracy <= 1.0 and not math.isnan(result.f1_macro)
+    assert len(result.accuracy_by_round) == 2  # round 0 and the one epoch
+    assert result.train_steps == math.ceil(60 / 32)
+    # The sampler saw the training process itself: a torch process holds hundreds of MB.
+    assert 200 < result.peak_pss_mb <= result.peak_rss_mb
+    assert reused_result(scenario, tmp_path / "run") == result
+    other = Scenario(scenario.name, scenario.dataset, scenario.command, {**scenario.flags, "seed": 2},
+                     scenario.baseline)
+    assert reused_result(other, tmp_path / "run") is None
