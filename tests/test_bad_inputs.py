@@ -96,6 +96,7 @@ CASES = [
     ("server-with-scheme", lambda f: client(f, server="https://localhost:9091"), ["--server", "scheme"]),
     ("labels-single", lambda f: client(f, "--labels", "fresh"), ["--labels"]),
     ("client-port-out-of-range", lambda f: client(f, "--port", "70000"), ["--port", "70000"]),
+    ("client-negative-join-timeout", lambda f: client(f, "--join-timeout", "-1"), ["--join-timeout", "-1"]),
     ("client-missing-ca-file", lambda f: client(f, "--ca", str(f["root"] / "none.crt")), ["--ca", "none.crt"]),
     ("client-ca-not-pem", lambda f: client(f, "--ca", str(f["good"])), ["--ca", "good.csv"]),
     ("client-key-not-openssh", lambda f: client(f, "--key", str(f["certs"] / "server.key")),
