@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", type=Path, default=None, metavar="FILE",
                         help="This SuperNode's private key (clients/client-<i>.key, OpenSSH format); "
                              "its .pub must be registered on the server.")
+    parser.add_argument("--identity", type=Path, default=None, metavar="FILE",
+                        help="This client's Ed25519 identity key (clients/client-<i>.id.key): signs its "
+                             "secure-aggregation keys. Give it with --trusted-identities.")
+    parser.add_argument("--trusted-identities", type=Path, default=None, metavar="FILE",
+                        help="The federation's identity public keys (clients/identities.json): only "
+                             "neighbours signed by one of them are masked with, so the server cannot "
+                             "substitute keys.")
     parser.add_argument("--insecure", action="store_true",
                         help="Plain HTTP, no key (only against a `fedtext server --insecure`).")
     parser.add_argument("--port", type=int, default=0,
@@ -156,6 +163,15 @@ def check_key(path: Path | None) -> Path:
     return path.resolve()
 
 
+def check_identity(identity: Path | None, trusted: Path | None) -> None:
+    from client.identity import load_identity
+
+    if (identity is None) != (trusted is None):
+        raise ConfigError("--identity and --trusted-identities: give both or neither")
+    if identity is not None and trusted is not None:
+        load_identity(identity, trusted)
+
+
 def check_local_port(port: int) -> int:
     import socket
 
@@ -185,6 +201,11 @@ def write_node_config(home: Path, data: Path, args: argparse.Namespace) -> Path:
     ]
     if args.partition_id is not None:
         lines.append(f"partition-id = {int(args.partition_id)}")
+    if args.identity is not None:
+        from client.identity import IDENTITY_KEY, TRUSTED_IDENTITIES
+
+        lines.append(f"{IDENTITY_KEY} = {toml_value(str(args.identity.resolve()))}")
+        lines.append(f"{TRUSTED_IDENTITIES} = {toml_value(str(args.trusted_identities.resolve()))}")
     path = home / "node_config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -215,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         ca = check_ca(args.ca)
         key = check_key(args.key)
+    check_identity(args.identity, args.trusted_identities)
     local_port = check_local_port(args.port)
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,9 @@ stage 3  reveal the shares the server needs to remove the masks of the sum
 =======  ==================================================================
 
 Without that record (``--no-secagg``) the instruction passes straight through.
+When the node config names an identity key and the trusted identities
+(``fedtext client --identity --trusted-identities``), the advertisement is
+signed and neighbours' advertisements must be signed by federation members.
 In deployment every message runs in a fresh process: the protocol state lives
 in ``context.state`` between stages, as plain data.
 """
@@ -42,7 +45,8 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     stage = int(request.get("stage", -1))
     params = secagg_params(FedTextConfig.from_mapping(context.run_config))
     if stage == 0:
-        return _train_and_advertise(msg, context, call_next, SecAggClient(context.node_id, params), request)
+        client = SecAggClient(context.node_id, params, **_identity(context))
+        return _train_and_advertise(msg, context, call_next, client, request)
     if STATE not in context.state.config_records:
         raise ValueError(f"secagg stage {stage}: no protocol state from stage 0 on this node")
     client = SecAggClient.from_state(dict(context.state.config_records[STATE]))
@@ -81,6 +85,19 @@ def _train_and_advertise(
     # The example count is aggregated under the mask with the update; only
     # training diagnostics travel in the clear.
     return Message(RecordDict({SECAGG: ConfigRecord(reply), METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _identity(context: Context) -> dict:
+    """Signing key and trusted keys from the node config (``fedtext client --identity``)."""
+    from pathlib import Path
+
+    from client.identity import IDENTITY_KEY, TRUSTED_IDENTITIES, load_identity
+
+    node = context.node_config
+    if IDENTITY_KEY not in node and TRUSTED_IDENTITIES not in node:
+        return {}  # unsigned advertisements: the server is trusted not to swap keys
+    key, trusted = load_identity(Path(str(node.get(IDENTITY_KEY, ""))), Path(str(node.get(TRUSTED_IDENTITIES, ""))))
+    return {"identity_key": key, "trusted_identities": trusted}
 
 
 def _take_update(context: Context) -> tuple[np.ndarray, int]:

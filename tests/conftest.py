@@ -103,3 +103,18 @@ def flwr_identity() -> Any:
     TaskIdentity.task_id = 1
     yield TaskIdentity
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def received_message(content: Any, message_type: str, dst_node_id: int) -> Any:
+    """A Flower Message as a ClientApp receives it: addressed to the node, with an id.
+
+    Needs the ``flwr_identity`` fixture (Messages are built outside a runtime).
+    """
+    from flwr.app import Message
+
+    msg = Message(content, dst_node_id=dst_node_id, message_type=message_type)
+    # The SuperLink assigns these on delivery; Metadata exposes no setter for them.
+    msg.metadata.__dict__["_message_id"] = f"instruction-{dst_node_id}"
+    msg.metadata.__dict__["_src_node_id"] = 1
+    msg.metadata.dst_task_id = 2
+    return msg

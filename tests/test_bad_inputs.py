@@ -22,6 +22,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("bad-inputs")
     make_certificates(root / "certs", ["localhost"], clients=1)
+    make_certificates(root / "other", ["localhost"], clients=1)  # another federation's identities
     partial = root / "partial-certs"
     partial.mkdir()
     for name in ("ca.crt", "server.pem"):
@@ -47,7 +48,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "onerow": root / "onerow.csv",
         "nolabel": root / "nolabel.csv",
         "runcfg": root / "run.toml",
+        "badhex": root / "identities-bad.json",
     }
+    out["badhex"].write_text('{"1": "zz"}\n')
     out["good"].write_text(GOOD_ROWS)
     out["empty"].write_bytes(b"")
     out["nocol"].write_text("review,label\nnice,fresh\nbad,rotten\n")
@@ -77,6 +80,14 @@ def insecure_server(f: dict[str, Path], *extra: str) -> list[str]:
             "--out", str(f["root"] / "run"), *extra]
 
 
+def _id_key(f: dict[str, Path]) -> Path:
+    return f["certs"] / "clients" / "client-1.id.key"
+
+
+def _trusted(f: dict[str, Path]) -> Path:
+    return f["certs"] / "clients" / "identities.json"
+
+
 # (id, argv builder, substrings the one error line must contain)
 CASES = [
     # --- a client's data file -----------------------------------------------------------
@@ -103,6 +114,21 @@ CASES = [
      ["--key", "server.key", "OpenSSH"]),
     ("client-key-missing", lambda f: client(f, "--key", str(f["root"] / "gone.key")), ["--key", "gone.key"]),
     ("client-insecure-with-ca", lambda f: client(f, "--insecure"), ["--insecure", "--ca"]),
+    # --- client: secure-aggregation identity ----------------------------------------------
+    ("identity-without-trusted", lambda f: client(f, "--identity", str(_id_key(f))),
+     ["--identity and --trusted-identities"]),
+    ("identity-not-pem", lambda f: client(f, "--identity", str(f["good"]), "--trusted-identities", str(_trusted(f))),
+     ["--identity", "good.csv", "PEM"]),
+    ("identity-is-the-auth-key", lambda f: client(f, "--identity", str(f["certs"] / "clients" / "client-1.key"),
+                                                  "--trusted-identities", str(_trusted(f))),
+     ["--identity", "client-1.key"]),
+    ("trusted-not-json", lambda f: client(f, "--identity", str(_id_key(f)), "--trusted-identities", str(f["good"])),
+     ["--trusted-identities", "good.csv", "not JSON"]),
+    ("trusted-bad-hex", lambda f: client(f, "--identity", str(_id_key(f)), "--trusted-identities", str(f["badhex"])),
+     ["--trusted-identities", "entry '1'", "64 hex"]),
+    ("identity-of-another-federation", lambda f: client(
+        f, "--identity", str(f["root"] / "other" / "clients" / "client-1.id.key"),
+        "--trusted-identities", str(_trusted(f))), ["--identity", "not in --trusted-identities"]),
     ("client-no-ca-no-insecure", lambda f: ["client", "--server", "h:1", "--data", str(f["good"])],
      ["--ca", "required"]),
     # --- server: certificates and keys --------------------------------------------------

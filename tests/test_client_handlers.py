@@ -15,7 +15,7 @@ from common.errors import DataError, FedTextError
 from common.messages import instruction_config, parse_evaluate_reply, parse_train_reply
 from common.splits import simulated_client_data
 from server.global_model import GlobalModel
-from tests.conftest import write_csv
+from tests.conftest import received_message, write_csv
 
 LABELS = ["fresh", "rotten"]
 CFG = FedTextConfig(num_hidden_layers=1, max_examples=80, max_length=32, batch_size=8,
@@ -28,13 +28,7 @@ def global_arrays():  # noqa: ANN201 - ArrayRecord
 
 
 def _received(content: RecordDict, message_type: str) -> Message:
-    """A message as a ClientApp receives it: addressed to this node, with an id."""
-    msg = Message(content, dst_node_id=7, message_type=message_type)
-    # The SuperLink assigns these on delivery; Metadata exposes no setter for them.
-    msg.metadata.__dict__["_message_id"] = "instruction-1"
-    msg.metadata.__dict__["_src_node_id"] = 1
-    msg.metadata.dst_task_id = 2
-    return msg
+    return received_message(content, message_type, dst_node_id=7)
 
 
 def _instruction(arrays, message_type: str, round_number: int = 1) -> Message:  # noqa: ANN001
@@ -54,7 +48,7 @@ SIMULATED = {"partition-id": 0, "num-partitions": 2}
 def test_train_handler_replies_with_a_valid_update(global_arrays) -> None:  # noqa: ANN001
     msg = _instruction(global_arrays, MessageType.TRAIN)
     reply = train(msg, _context(SIMULATED))
-    assert reply.metadata.reply_to_message_id == "instruction-1"
+    assert reply.metadata.reply_to_message_id == "instruction-7"
     assert reply.metadata.dst_node_id == 1 and reply.metadata.message_type == MessageType.TRAIN
     expected = {k: v.numpy() for k, v in global_arrays.items()}
     parsed = parse_train_reply(reply.content, expected)

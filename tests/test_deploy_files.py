@@ -23,16 +23,23 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 K8S_DIR = DEPLOY / "k8s"
 
 # Flags of the fedtext CLI that the deploy files may use (the CLI contract).
-FEDTEXT_FLAGS: dict[str, set[str]] = {
-    "server": {"--certs", "--authorized-keys", "--host", "--port", "--min-clients", "--rounds",
-               "--test-data", "--out", "--insecure"},
-    "client": {"--server", "--ca", "--key", "--data"},
-    "certs": {"--out", "--host", "--clients", "--force", "--valid-days", "--no-loopback"},
-}
-# What every deployed server/client command must pass (the first two without --insecure).
+def _accepted_flags() -> dict[str, set[str]]:
+    """Every long flag of the deployment subcommands, read from the real parser."""
+    import argparse
+
+    from simulations.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {o for action in sub.choices[name]._actions for o in action.option_strings if o.startswith("--")}
+            for name in ("server", "client", "certs")}
+
+
+FEDTEXT_FLAGS = _accepted_flags()
+# What every deployed server/client command must pass: TLS, node auth, signed SecAgg keys.
 REQUIRED_FLAGS: dict[str, set[str]] = {
-    "server": FEDTEXT_FLAGS["server"] - {"--insecure"},
-    "client": FEDTEXT_FLAGS["client"],
+    "server": {"--certs", "--authorized-keys", "--host", "--port", "--min-clients", "--rounds", "--test-data",
+               "--out"},
+    "client": {"--server", "--ca", "--key", "--data", "--identity", "--trusted-identities"},
 }
 FLOWER_BINARIES = ("flower-superlink", "flower-supernode")
 SHELL_SEPARATORS = {";", "&&", "||", "|", "(", ")", "&", ";;"}

@@ -210,9 +210,9 @@ def test_server_treats_malformed_replies_as_dropouts() -> None:
 
 
 # --------------------------------------------------------------- Ed25519
-def _identities(ids: list[int]) -> tuple[dict[int, Ed25519PrivateKey], dict[int, bytes]]:
+def _identities(ids: list[int]) -> tuple[dict[int, Ed25519PrivateKey], list[bytes]]:
     keys = {i: Ed25519PrivateKey.generate() for i in ids}
-    return keys, {i: k.public_key().public_bytes_raw() for i, k in keys.items()}
+    return keys, [k.public_key().public_bytes_raw() for k in keys.values()]
 
 
 def test_signed_round_succeeds() -> None:
@@ -224,12 +224,14 @@ def test_signed_round_succeeds() -> None:
     assert np.allclose(result.mean_update, 0.1, atol=1e-3)
 
 
-@pytest.mark.parametrize("attack", ["forged", "substituted_key", "unsigned", "unknown_node"])
+@pytest.mark.parametrize("attack", ["forged", "substituted_key", "unsigned", "unknown_signer", "one_key_two_nodes"])
 def test_bad_signatures_are_refused(attack: str) -> None:
     ids = list(range(1, 7))
     keys, public = _identities(ids)
-    if attack == "unknown_node":
-        public = {i: k for i, k in public.items() if i != 2}
+    if attack == "unknown_signer":  # node 2 signs with a key outside the federation
+        public = [k.public_key().public_bytes_raw() for i, k in keys.items() if i != 2]
+    if attack == "one_key_two_nodes":  # one member (node 3's key) poses as node 2 too
+        keys[2] = keys[3]
 
     def tamper(stage: int, node: int, request: dict) -> dict:
         if stage != 1 or 2 not in request["peer_ids"]:
@@ -245,7 +247,8 @@ def test_bad_signatures_are_refused(attack: str) -> None:
         return request
 
     updates = {i: np.zeros(20, np.float32) for i in ids}
-    expected = "no trusted identity" if attack == "unknown_node" else "invalid Ed25519 signature"
+    expected = ("advertise under the same identity key" if attack == "one_key_two_nodes"
+                else "no trusted identity key signed the key advertisement of node 2")
     with pytest.raises(SecAggError, match=expected):
         run_local_round(
             PARAMS, updates, {i: 5 for i in ids}, identity_keys=keys, trusted_identities=public, on_request=tamper

@@ -16,7 +16,7 @@ erased from the state as soon as their last use has passed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +39,7 @@ from .primitives import (
     node_id_bytes,
     random_bytes,
     sign_advertisement,
-    verify_advertisement,
+    signed_by,
 )
 from .shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split_secret
 
@@ -62,7 +62,7 @@ class _ClientState:
     pk_s: bytes = b""
     self_seed: bytes = b""
     verify_signatures: int = 0
-    trusted_ids: list = field(default_factory=list)
+    own_identity: bytes = b""
     trusted_keys: list = field(default_factory=list)
     node_ids: list = field(default_factory=list)
     threshold: int = 0
@@ -88,9 +88,13 @@ class SecAggClient:
     identity_key : bytes or Ed25519PrivateKey, optional
         Long-term identity key; when set, the key advertisement is signed.
         Used in stage 0 only and never stored in the state.
-    trusted_identities : mapping int -> bytes, optional
-        Raw Ed25519 public keys of the other nodes. When given, every
-        neighbour's advertisement must carry a valid signature under its key.
+    trusted_identities : collection of bytes, optional
+        Raw Ed25519 public keys of the federation's members (node ids are
+        assigned at connection time, so trust is by key, not by id). When
+        given, every neighbour's advertisement must be signed by one of these
+        keys, and no two neighbours (nor this client) may sign with the same
+        key: a server cannot substitute its own public keys, and one member
+        cannot pose as several nodes.
     """
 
     def __init__(
@@ -99,16 +103,17 @@ class SecAggClient:
         params: SecAggParams | None = None,
         *,
         identity_key: bytes | Ed25519PrivateKey | None = None,
-        trusted_identities: Mapping[int, bytes] | None = None,
+        trusted_identities: Collection[bytes] | None = None,
     ) -> None:
         node_id_bytes(node_id)  # validates the range
         self._params = params
         self._identity = load_identity_key(identity_key) if identity_key is not None else None
         self._s = _ClientState(node_id=node_id)
+        if self._identity is not None:
+            self._s.own_identity = self._identity.public_key().public_bytes_raw()
         if trusted_identities is not None:
             self._s.verify_signatures = 1
-            self._s.trusted_ids = [int(k) for k in trusted_identities]
-            self._s.trusted_keys = [bytes(trusted_identities[k]) for k in trusted_identities]
+            self._s.trusted_keys = sorted({bytes(k) for k in trusted_identities})
 
     # ----------------------------------------------------------- properties
     @property
@@ -228,13 +233,16 @@ class SecAggClient:
             raise SecAggError("advertised public keys are not all distinct")
         if not s.verify_signatures:
             return
-        trusted = dict(zip(s.trusted_ids, s.trusted_keys))
+        signer_of: dict[bytes, int] = {s.own_identity: s.node_id} if s.own_identity else {}
         for peer, pk_c, pk_s, sig in zip(
             peers, request[msg.PEER_PK_C], request[msg.PEER_PK_S], request[msg.PEER_SIGNATURES]
         ):
-            if peer not in trusted:
-                raise SecAggError(f"no trusted identity key for node {peer}")
-            verify_advertisement(trusted[peer], sig, s.round_id, peer, pk_c, pk_s)
+            signer = next((k for k in s.trusted_keys if signed_by(k, sig, s.round_id, peer, pk_c, pk_s)), None)
+            if signer is None:
+                raise SecAggError(f"no trusted identity key signed the key advertisement of node {peer}")
+            if signer in signer_of:
+                raise SecAggError(f"nodes {signer_of[signer]} and {peer} advertise under the same identity key")
+            signer_of[signer] = peer
 
     # ------------------------------------------------------------ stage 2
     def stage2(self, request: Mapping[str, Any], update: np.ndarray, weight: int) -> msg.Message:

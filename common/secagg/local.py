@@ -8,7 +8,7 @@ between stages the way a stateless deployment does.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def run_local_round(
     serialise_state: bool = True,
     round_id: bytes | None = None,
     identity_keys: Mapping[int, Any] | None = None,
-    trusted_identities: Mapping[int, bytes] | None = None,
+    trusted_identities: Collection[bytes] | None = None,
     on_request: RequestHook | None = None,
 ) -> SecAggResult:
     """Run one round over the nodes in ``updates`` and return the server's result.
@@ -43,7 +43,7 @@ def run_local_round(
         Round-trip every client through ``to_state``/``from_state`` between
         stages, and check that all states and messages are plain data.
     identity_keys, trusted_identities : optional
-        Ed25519 signing keys per node, and the public keys clients trust.
+        Ed25519 signing keys per node, and the set of public keys clients trust.
     on_request : callable (stage, node, request) -> request, optional
         Lets a test alter requests (a malicious server).
     """

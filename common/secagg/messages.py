@@ -29,7 +29,7 @@ stage     request (server -> client)  reply (client -> server)                  
           (N(i) & U2, the senders)    + sum_{j in peer_ids, i<j} PRG(s_ij)      encoding.encode_update) ->
           ciphertexts: list[bytes]    - sum_{j in peer_ids, i>j} PRG(s_ij)      SecAggServer.stage3_requests
           (addressed to i)            (mod 2**32)                               (sums the vectors)
-3 unmask  round_id                    b_share_owners: list[int] (= alive)       SecAggServer.stage3_requests /
+3 unmask  round_id                    b_share_owners: list[int] (alive + self)  SecAggServer.stage3_requests /
           alive: list[int]            b_shares: list[bytes]                     SecAggClient.stage3 ->
           (N(i) & U3)                 sk_share_owners: list[int] (= dropped)    SecAggServer.finish (unmasks,
           dropped: list[int]          sk_shares: list[bytes]                    encoding.decode_sum)

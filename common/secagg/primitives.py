@@ -192,6 +192,17 @@ def sign_advertisement(
     return identity.sign(_advertisement_message(round_id, node_id, pk_c, pk_s))
 
 
+def signed_by(
+    identity_public: bytes, signature: bytes, round_id: bytes, node_id: int, pk_c: bytes, pk_s: bytes
+) -> bool:
+    """Whether ``signature`` is ``identity_public``'s signature of the advertisement."""
+    try:
+        verify_advertisement(identity_public, signature, round_id, node_id, pk_c, pk_s)
+    except SecAggError:
+        return False
+    return True
+
+
 def verify_advertisement(
     identity_public: bytes, signature: bytes, round_id: bytes, node_id: int, pk_c: bytes, pk_s: bytes
 ) -> None:
