@@ -27,8 +27,13 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(default: Any, help: str, scope: str = "training") -> Any:  # noqa: A002 - mirrors argparse
+    """A config field: its default, its help text, and its scope.
+
+    ``training`` keys describe a fine-tuning run (``fedtext centralized`` takes
+    only these); ``federation`` keys describe how clients are coordinated.
+    """
+    return field(default=default, metadata={"help": help, "scope": scope})
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,8 @@ class FedTextConfig:
         "How --data is split among simulated clients: iid | dirichlet:ALPHA "
         "(label skew) | column:NAME (natural split by a column's values).",
     )
-    client_cpus: int = _opt(1, "CPU cores Ray reserves per simulated client.")
-    client_gpus: float = _opt(0.0, "GPUs Ray reserves per simulated client.")
+    client_cpus: int = _opt(1, "CPU cores Ray reserves per simulated client.", scope="federation")
+    client_gpus: float = _opt(0.0, "GPUs Ray reserves per simulated client.", scope="federation")
 
     # --- local training -----------------------------------------------------
     batch_size: int = _opt(16, "Examples per optimizer micro-batch.")
@@ -112,20 +117,23 @@ class FedTextConfig:
 
     # --- federation ---------------------------------------------------------
     rounds: int = _opt(3, "Federated rounds.")
-    strategy: str = _opt("fedavg", "Server strategy: " + " | ".join(STRATEGIES) + ".")
+    strategy: str = _opt("fedavg", "Server strategy: " + " | ".join(STRATEGIES) + ".", scope="federation")
     server_lr: float = _opt(
         0.0,
         "Server learning rate (eta) for fedadam/fedyogi/fedadagrad/fedavgm "
         "(0 = the strategy's own default).",
+        scope="federation",
     )
-    server_momentum: float = _opt(0.9, "Server momentum for fedavgm.")
-    fraction_train: float = _opt(1.0, "Share of connected clients sampled to train.")
+    server_momentum: float = _opt(0.9, "Server momentum for fedavgm.", scope="federation")
+    fraction_train: float = _opt(1.0, "Share of connected clients sampled to train.", scope="federation")
     fraction_evaluate: float = _opt(
-        1.0, "Share of connected clients sampled to evaluate (0 = central only)."
+        1.0, "Share of connected clients sampled to evaluate (0 = central only).",
+        scope="federation",
     )
-    min_clients: int = _opt(3, "Clients that must be connected before a round starts.")
+    min_clients: int = _opt(3, "Clients that must be connected before a round starts.", scope="federation")
     round_timeout: float = _opt(
-        0.0, "Seconds to wait for clients' replies each round (0 = no limit)."
+        0.0, "Seconds to wait for clients' replies each round (0 = no limit).",
+        scope="federation",
     )
 
     # --- secure aggregation (SecAgg+, common/secagg) -------------------------
@@ -133,26 +141,33 @@ class FedTextConfig:
         True,
         "Mask every update so that the server learns only their sum (SecAgg+); "
         "--no-secagg sends updates in the clear, for comparison.",
+        scope="federation",
     )
     secagg_neighbours: int = _opt(
-        8, "Neighbours each client masks with (k); k >= clients-1 is classic SecAgg."
+        8, "Neighbours each client masks with (k); k >= clients-1 is classic SecAgg.",
+        scope="federation",
     )
     secagg_threshold: float = _opt(
         0.6,
         "Shares needed to unmask, as a fraction of a client's share holders (its "
         "neighbours and itself), in (0.5, 1].",
+        scope="federation",
     )
     secagg_clip: float = _opt(
-        0.5, "Each update element is clipped to [-clip, clip] before quantization."
+        0.5, "Each update element is clipped to [-clip, clip] before quantization.",
+        scope="federation",
     )
     secagg_bits: int = _opt(
-        24, "Quantization bits per element; clients x (2^bits - 1) must stay below 2^32."
+        24, "Quantization bits per element; clients x (2^bits - 1) must stay below 2^32.",
+        scope="federation",
     )
     secagg_max_weight: int = _opt(
-        10000, "Example counts are capped at this weight (and scale the encoding)."
+        10000, "Example counts are capped at this weight (and scale the encoding).",
+        scope="federation",
     )
     secagg_timeout: float = _opt(
-        300.0, "Seconds the server waits for each protocol stage after training."
+        300.0, "Seconds the server waits for each protocol stage after training.",
+        scope="federation",
     )
 
     # --- run ----------------------------------------------------------------
@@ -162,6 +177,7 @@ class FedTextConfig:
         "",
         "Continue a run from its last completed round: its run folder or its checkpoint "
         "folder (OUT/checkpoint). Empty: start from round 0.",
+        scope="federation",
     )
 
     # ------------------------------------------------------------------------
@@ -169,9 +185,12 @@ class FedTextConfig:
         validate(self)
 
     @classmethod
-    def keys(cls) -> list[str]:
-        """Kebab-case keys, as used on the command line and in Flower's run config."""
-        return [to_key(f.name) for f in fields(cls)]
+    def keys(cls, scope: str | None = None) -> list[str]:
+        """Kebab-case keys, as used on the command line and in Flower's run config.
+
+        With ``scope`` (``training`` or ``federation``), only that scope's keys.
+        """
+        return [to_key(f.name) for f in fields(cls) if scope is None or f.metadata["scope"] == scope]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FedTextConfig:

@@ -26,20 +26,8 @@ from collections.abc import Callable
 from common.config import FedTextConfig, add_config_arguments, config_from_args, given_keys
 from common.errors import FedTextError
 
-# The keys that describe a training run (not the federation or its deployment).
-TRAINING_KEYS = [
-    "model", "num-hidden-layers", "freeze", "lora-r", "lora-alpha", "lora-dropout", "max-length",
-    "data", "test-data", "text-column", "label-column", "labels", "max-examples",
-    "max-test-examples", "test-fraction", "client-eval-fraction", "clients", "partition",
-    "batch-size", "local-epochs", "local-steps", "lr", "weight-decay", "warmup-ratio",
-    "max-grad-norm", "grad-accum-steps", "proximal-mu", "rounds", "seed", "out",
-]
-FEDERATION_KEYS = [
-    "strategy", "server-lr", "server-momentum", "fraction-train", "fraction-evaluate",
-    "min-clients", "round-timeout", "client-cpus", "client-gpus",
-    "secagg", "secagg-neighbours", "secagg-threshold", "secagg-clip", "secagg-bits",
-    "secagg-max-weight", "secagg-timeout", "resume",
-]
+TRAINING_KEYS = FedTextConfig.keys("training")  # describe a fine-tuning run
+FEDERATION_KEYS = FedTextConfig.keys("federation")  # how clients are coordinated
 
 
 def _offline_env() -> None:
