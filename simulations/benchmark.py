@@ -118,13 +118,13 @@ class Result:
 
 
 def plan(datasets: list[str], max_examples: dict[str, int], max_test: int, clients: int, rounds: int,
-         seed: int, num_hidden_layers: int = 0) -> list[Scenario]:
+         seed: int, num_hidden_layers: int = 0, batch_size: int = 8) -> list[Scenario]:
     """The runs, centralized baselines first within each dataset."""
     scenarios = []
     for ds in datasets:
         common = {
             "data": DATASETS[ds], "max-examples": max_examples[ds], "max-test-examples": max_test,
-            "max-length": 64, "batch-size": 32, "clients": clients, "rounds": rounds, "local-epochs": 1,
+            "max-length": 64, "batch-size": batch_size, "clients": clients, "rounds": rounds, "local-epochs": 1,
             "client-eval-fraction": 0.0, "seed": seed, "num-hidden-layers": num_hidden_layers,
         }
 
@@ -195,8 +195,14 @@ def run_scenario(s: Scenario, out: Path, log=print) -> Result:  # noqa: ANN001
     started = time.perf_counter()
     with (out / "benchmark.log").open("wb") as logfile:
         proc = subprocess.Popen(s.argv(out), cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT)
-        with TreeMemory(proc.pid) as memory:
-            code = proc.wait()
+        try:
+            with TreeMemory(proc.pid) as memory:
+                code = proc.wait()
+        except BaseException:
+            # Interrupted: the fedtext command stops its own SuperLink and Ray on SIGTERM.
+            proc.terminate()
+            proc.wait(timeout=120)
+            raise
     wall = time.perf_counter() - started
     doc = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {"rounds": []}
     rounds = [r for r in doc["rounds"] if r["round"] > 0]
@@ -345,11 +351,14 @@ def write_report(rows: list[dict[str, Any]], datasets: list[str], command: str, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simulations.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="rotten_tomatoes,bbc_news", help="Comma-separated: rotten_tomatoes, bbc_news.")
-    p.add_argument("--max-examples", default="rotten_tomatoes=800,bbc_news=600",
+    p.add_argument("--max-examples", default="rotten_tomatoes=600,bbc_news=400",
                    help="Training rows per dataset, DATASET=N,... (sized for under an hour on 2 CPU cores).")
     p.add_argument("--max-test-examples", type=int, default=400, help="Server test rows per dataset.")
     p.add_argument("--clients", type=int, default=4, help="Simulated clients (SecAgg needs 3 or more).")
     p.add_argument("--rounds", type=int, default=3, help="Rounds, and centralized epochs.")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="Examples per step, centralized and per client. Small, so that a client's "
+                        "share of a few hundred rows still makes tens of steps per round.")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-hidden-layers", type=int, default=0,
                    help="Keep only the bottom N encoder layers (0 = the whole model; 1 for quick checks).")
@@ -359,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Keep the figures of runs already finished in --out with the same flags; run the rest.")
     p.add_argument("--docs", default="docs", help="Folder of BENCHMARKS.md and benchmarks/ (JSON, plots).")
     args = p.parse_args(argv)
+    from server.launch import install_signal_handlers
+
+    install_signal_handlers()
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
@@ -371,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         p.error(f"--max-examples: no size for {', '.join(missing)}")
     scenarios = plan(datasets, sizes, args.max_test_examples, args.clients, args.rounds, args.seed,
-                     args.num_hidden_layers)
+                     args.num_hidden_layers, args.batch_size)
     if args.only:
         wanted = {n.strip() for n in args.only.split(",")}
         scenarios = [s for s in scenarios if s.name in wanted]

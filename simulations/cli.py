@@ -35,6 +35,9 @@ def _offline_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Per-call progress bars (weights loaded, indices flattened) drown the round lines.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -154,9 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedtext`` console script."""
+    from server.launch import install_signal_handlers
+
     _offline_env()
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (a scheduler, `kill`, a benchmark driver) ends a command like Ctrl-C,
+    # so the finally blocks stop the SuperLink, Ray and everything else it started.
+    install_signal_handlers()
     try:
         return int(args.handler(args))
     except FedTextError as exc:
