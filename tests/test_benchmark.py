@@ -66,6 +66,7 @@ def _result(name: str, command: str, accuracy: float, wall: float, freeze: str =
         flags={"freeze": freeze}, baseline=f"centralized-{freeze}", exit_code=0, wall_seconds=wall,
         round_seconds=wall / 2, train_steps=30, peak_rss_mb=900.0, peak_pss_mb=700.0, accuracy=accuracy,
         f1_macro=accuracy - 0.01, accuracy_by_round=[0.2, accuracy], bytes_up_per_client_round=4e6,
+        seconds_by_round=[wall / 4, wall / 4],
     )
 
 
@@ -82,7 +83,7 @@ def test_report_has_ratios_goals_and_keeps_the_hand_written_prose(tmp_path: Path
     assert text.startswith("# Benchmarks\n\nintro prose\n\n") and text.endswith("\n\nclosing prose\n")
     assert "old table" not in text
     assert "accuracy 0.978 x centralized (misses by 0.012 the 0.99 goal)" in text
-    assert "wall time 1.30 x (misses by 0.20 the 1.10 goal)" in text
+    assert "wall time 1.30 x (misses by 0.20 the 1.10 goal), time in rounds 1.30 x, rounds after the first 1.30 x" in text
     assert "| fedavg-dirichlet | bottom:4 | 0.8800 |" in text
     figures = json.loads((tmp_path / "benchmarks" / "benchmark.json").read_text())
     assert figures["runs"][1]["accuracy_ratio"] == pytest.approx(0.88 / 0.90)
