@@ -55,7 +55,7 @@ class RoundUpdate:
     num_clients : int
         Clients whose update is in the aggregate.
     train_metrics : dict[str, float]
-        Example-weighted means of the clients' training metrics.
+        Means of the clients' training metrics over clients (see :func:`client_mean_metrics`).
     bytes_up, bytes_down : int
         Payload bytes received from / sent to clients this round.
     problems : list[str]
@@ -85,14 +85,18 @@ class Aggregation(Protocol):
         ...
 
 
-def weighted_mean_metrics(metrics: list[dict], weights: list[int]) -> dict[str, float]:
-    """Example-weighted mean of the numeric metrics all clients reported."""
-    total = sum(weights)
-    if not metrics or total == 0:
+def client_mean_metrics(metrics: list[dict]) -> dict[str, float]:
+    """Mean over clients of the numeric metrics all of them reported.
+
+    Unweighted in both paths: under secure aggregation the example counts stay
+    under the mask, so the server cannot weigh them, and a run with and without
+    SecAgg must report the same quantities (mean train loss, mean steps).
+    """
+    if not metrics:
         return {}
     keys = set.intersection(*(set(m) for m in metrics)) - {NUM_EXAMPLES}
     return {
-        k: sum(float(m[k]) * w for m, w in zip(metrics, weights, strict=True)) / total
+        k: float(np.mean([float(m[k]) for m in metrics]))
         for k in sorted(keys)
         if all(isinstance(m[k], (int, float)) for m in metrics)
     }
@@ -137,7 +141,7 @@ class PlainAggregation:
             return None
         mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
         return RoundUpdate(
-            mean, total, len(weights), weighted_mean_metrics(metrics, weights),
+            mean, total, len(weights), client_mean_metrics(metrics),
             bytes_up, bytes_down, problems,
         )
 

@@ -33,7 +33,7 @@ from common.config import FedTextConfig, secagg_params
 from common.messages import ARRAYS, METRICS, SECAGG, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
-from server.aggregation import RoundUpdate
+from server.aggregation import RoundUpdate, client_mean_metrics
 
 log = logging.getLogger("fedtext.server")
 
@@ -93,7 +93,7 @@ class SecureAggregation:
             mean_update=_unflatten(result.mean_update, current),
             total_examples=int(result.total_weight),
             num_clients=len(result.survivors),
-            train_metrics=_mean(train_metrics),
+            train_metrics=client_mean_metrics(train_metrics),
             bytes_up=traffic.up,
             bytes_down=traffic.down,
             problems=problems,
@@ -171,11 +171,3 @@ def _unflatten(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.nd
         out[name] = flat[start : start + array.size].reshape(array.shape).astype(np.float32)
         start += array.size
     return out
-
-
-def _mean(metrics: list[dict]) -> dict[str, float]:
-    """Unweighted mean: example counts stay under the mask in secure mode."""
-    if not metrics:
-        return {}
-    keys = set.intersection(*(set(m) for m in metrics))
-    return {k: float(np.mean([float(m[k]) for m in metrics])) for k in sorted(keys)}

@@ -213,3 +213,13 @@ def test_feeding_the_mean_update_alone_would_be_wrong() -> None:
     _configure(strategy, 1, x)
     out = _numpy(apply_update(strategy, 1, _record(x), RoundUpdate({"w": np.full(3, 0.5, np.float32)}, 10, 1)))
     np.testing.assert_allclose(out["w"], 1.5)
+
+
+def test_client_metrics_are_averaged_over_clients_in_both_paths() -> None:
+    from server.aggregation import client_mean_metrics
+
+    # The secure path never sees example counts, so neither path weighs by them.
+    metrics = [{"num-examples": 10, "train-loss": 1.0, "train-steps": 2, "only-here": 5.0},
+               {"num-examples": 30, "train-loss": 0.0, "train-steps": 4}]
+    assert client_mean_metrics(metrics) == {"train-loss": 0.5, "train-steps": 3.0}
+    assert client_mean_metrics([]) == {}
