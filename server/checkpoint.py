@@ -473,16 +473,19 @@ def resumed_config(given: Mapping[str, Any]) -> FedTextConfig:
     Raises
     ------
     CheckpointError
-        When the checkpoint is missing or corrupt (checked here, before anything
-        starts), or its run config is not valid for this fedtext.
+        When the checkpoint is missing, its manifest or run config is corrupt,
+        or that config is not valid for this fedtext. Only those two files are
+        read here: :func:`load_for_resume` verifies the whole checkpoint once the
+        config is known, still before anything starts.
     """
     given = {to_key(k): v for k, v in given.items()}
-    checkpoint = read_checkpoint(given["resume"])
-    saved = {k: v for k, v in checkpoint.config.items() if k not in ("out", "resume")}
+    folder = find_checkpoint(given["resume"])
+    verify_file(folder, CONFIG_FILE, read_manifest(folder)["files"])
+    saved = {k: v for k, v in read_json(folder / CONFIG_FILE).items() if k not in ("out", "resume")}
     try:
         FedTextConfig.from_mapping(saved)
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint file '{checkpoint.path / CONFIG_FILE}': {exc}") from None
+        raise CheckpointError(f"checkpoint file '{folder / CONFIG_FILE}': {exc}") from None
     values = {**saved, **given}
     values.setdefault("out", str(run_folder(given["resume"])))
     return FedTextConfig.from_mapping(values)
