@@ -239,8 +239,7 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
                                tls=tls, node_auth=tls is not None)
     logs = None
     status, details = "", ""
-    install_signal_handlers()
-    try:
+    try:  # SIGTERM ends it like Ctrl-C: simulations.cli.main installs the handlers
         superlink.start()
         scheme = "http" if tls is None else "https"
         echo(f"SuperLink listening on {scheme}://{args.host}:{args.port}"
