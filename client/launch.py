@@ -176,7 +176,7 @@ def check_local_port(port: int) -> int:
     import socket
 
     if port == 0:
-        from server.superlink import free_port
+        from common.processes import free_port
 
         return free_port()
     if not 1 <= port <= 65535:
@@ -192,7 +192,7 @@ def check_local_port(port: int) -> int:
 
 def write_node_config(home: Path, data: Path, args: argparse.Namespace) -> Path:
     """The SuperNode's node config as a TOML file (any path survives the quoting)."""
-    from server.superlink import toml_value
+    from common.config import toml_value
 
     lines = [
         f"data-path = {toml_value(str(data))}",
@@ -241,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
 
-    from server.launch import install_signal_handlers
-    from server.superlink import flower_env, flwr_bin
+    from common.processes import install_signal_handlers
+    from common.processes import flower_env, flwr_bin
 
     node_config = write_node_config(home, data_path, args)
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -278,8 +278,8 @@ def run_supernode(cmd: list[str], env: dict[str, str]) -> tuple[int, set[int]]:
     import subprocess
     import threading
 
-    from server.launch import ignore_signals, install_signal_handlers
-    from server.superlink import descendants, stop_process_group
+    from common.processes import ignore_signals, install_signal_handlers
+    from common.processes import descendants, stop_process_group
 
     process: subprocess.Popen[bytes] | None = None
     seen: set[int] = set()
@@ -319,7 +319,7 @@ def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
     import os
     import signal
 
-    from server.superlink import is_alive
+    from common.processes import is_alive
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         alive = [p for p in pids if is_alive(p)]

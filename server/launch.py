@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.config import FedTextConfig, add_config_arguments
+from common.config import FedTextConfig, absolute_paths, add_config_arguments, given_keys
 from common.errors import ConfigError
 
 # Keys of `fedtext simulate` that describe the simulated federation only: the
@@ -33,9 +33,8 @@ DEFAULT_PORT = 9091
 
 
 def server_keys() -> list[str]:
-    from simulations.cli import FEDERATION_KEYS, TRAINING_KEYS
-
-    return [k for k in TRAINING_KEYS + FEDERATION_KEYS if k not in SIMULATION_ONLY_KEYS]
+    """Config keys of ``fedtext server``: all but the simulated federation's."""
+    return [k for k in FedTextConfig.keys() if k not in SIMULATION_ONLY_KEYS]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,36 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"Port of the SuperLink's HTTPS API, the one clients dial (default: {DEFAULT_PORT}).")
     g.add_argument("--insecure", action="store_true",
                    help="Plain HTTP and no SuperNode authentication. Throw-away local tests only.")
-    g.add_argument("--run-config", type=Path, default=None, metavar="FILE",
-                   help="TOML file of config keys (kebab-case); flags given here override it.")
     add_config_arguments(parser, server_keys())
+    # The name this flag had before every command took --config.
+    parser.add_argument("--run-config", dest="config_file", default=None, metavar="FILE",
+                        help=argparse.SUPPRESS)
 
 
 # --- checks (no process started yet) ------------------------------------------------
 
 
-def _config(args: argparse.Namespace) -> FedTextConfig:
-    base: dict[str, Any] = {}
-    if args.run_config is not None:
-        import tomllib
-
-        path = args.run_config
-        try:
-            base = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"--run-config '{path}': cannot read ({exc.strerror or exc})") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--run-config '{path}': not TOML ({str(exc).splitlines()[0]})") from exc
-        bad = sorted(k for k in base if k.replace("_", "-") in SIMULATION_ONLY_KEYS - {"data"})
-        if bad:
-            raise ConfigError(f"--run-config '{path}': key '{bad[0]}' is for `fedtext simulate` only")
-        try:
-            FedTextConfig.from_mapping(base)
-        except ConfigError as exc:
-            raise ConfigError(f"--run-config '{path}': {exc}") from exc
-    given = {k.replace("_", "-"): v for k, v in vars(args).items()
-             if v is not None and k.replace("_", "-") in FedTextConfig.keys()}
-    values = {**{k.replace("_", "-"): v for k, v in base.items()}, **given}
+def _config(args: argparse.Namespace, echo=print) -> FedTextConfig:  # noqa: ANN001
+    values = given_keys(args, echo)
     if values.get("resume"):
         from server.checkpoint import resumed_config
 
@@ -91,15 +71,7 @@ def _config(args: argparse.Namespace) -> FedTextConfig:
 
 def prepare_server_config(cfg: FedTextConfig) -> FedTextConfig:
     """Absolute paths for the ServerApp (it runs in another folder)."""
-    from simulations.simulate import absolute
-
-    return cfg.replace(
-        data=absolute(cfg.data),
-        test_data=absolute(cfg.test_data),
-        out=str(Path(cfg.out).expanduser().resolve()),
-        clients=min(max(cfg.min_clients, 1), 1000),
-        resume=absolute(cfg.resume),
-    )
+    return absolute_paths(cfg).replace(clients=min(max(cfg.min_clients, 1), 1000))
 
 
 def check_endpoint(host: str, port: int) -> None:
@@ -166,41 +138,13 @@ def authorized_keys(folder: Path | None) -> list[Path]:
     return [p.resolve() for p in keys]
 
 
-# --- signals ------------------------------------------------------------------------
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP end the command like Ctrl-C: finally-blocks stop the children."""
-    import signal
-
-    def _stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig, handler in ((signal.SIGTERM, _stop), (signal.SIGHUP, _stop), (signal.SIGINT, signal.default_int_handler)):
-        try:
-            signal.signal(sig, handler)
-        except (ValueError, OSError):  # not the main thread
-            pass
-
-
-def ignore_signals() -> None:
-    """While children are being stopped, a second Ctrl-C/SIGTERM must not cut it short."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        try:
-            signal.signal(sig, signal.SIG_IGN)
-        except (ValueError, OSError):
-            pass
-
-
 # --- the command --------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
     """``fedtext server``; returns the exit code."""
     check_endpoint(args.host, args.port)
-    cfg = _config(args)
+    cfg = _config(args, echo)
     if args.insecure:
         if args.certs is not None or args.authorized_keys is not None:
             raise ConfigError("--insecure: cannot be combined with --certs/--authorized-keys")
@@ -214,20 +158,25 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
 
     test = server_test_set(cfg)  # fails in a second with one line, before any process starts
     labels = test.label_names
+    from common.model import check_model
+
+    model = check_model(cfg, len(labels))  # the model against its freezing policy, too
     if cfg.resume:
         from server.checkpoint import load_for_resume
 
         load_for_resume(cfg)  # a corrupt or mismatched checkpoint, too
 
-    from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
+    from common.processes import ignore_signals, stop_process_group
+    from server.superlink import LocalSuperLink, follow_run, report_run, write_run_config
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.insecure:
         print("fedtext server: warning: --insecure: plain HTTP, any SuperNode may join and "
               "read the model; never use it outside a throw-away local test", file=sys.stderr)
-    echo(f"fedtext server: {cfg.rounds} rounds, strategy {cfg.strategy}, freeze {cfg.freeze}, "
+    echo(f"fedtext server: {cfg.rounds} rounds, strategy {cfg.strategy}, "
          f"labels {', '.join(labels)}; test set {len(test)} rows from {test.source}")
+    echo(f"model {cfg.model}: {model}")
     run_config = write_run_config(cfg, out / "run_config.toml")
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)

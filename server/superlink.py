@@ -25,51 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import FedTextConfig
+from common.config import FedTextConfig, toml_value
+from common.processes import APP_DIR, flower_env, flwr_bin, free_port, stop_process_group
 from common.errors import FedTextError
 from server.outputs import progress_line
 
 CONNECTION = "fedtext"
-APP_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flwr_bin(name: str) -> str:
-    """Path of a Flower executable installed next to this Python."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes; apps inherit the SuperLink's."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(home),
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            # Ray's dashboard and usage stats reach for the network; not needed.
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_DEDUP_LOGS": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    # flower-superlink spawns flower-superexec by name: find it next to Python.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # The app's packages must resolve to this checkout, whoever starts Python.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_DIR), env.get("PYTHONPATH", "")]))
-    env.update(extra or {})
-    return env
 
 
 @dataclass
@@ -302,70 +263,6 @@ def report_run(status: str, details: str, out: Path, echo, command: str) -> int:
     reason = app_status if app_status.startswith("failed") else (details or status)
     echo(f"{command}: run {status or 'unknown'}: {reason}; see {out / 'run.log'}")
     return 1
-
-
-# --- processes ----------------------------------------------------------------------
-
-
-def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """Stop a child and every process below it: SIGTERM, then SIGKILL after ``grace`` s.
-
-    The child runs in its own process group, but flower-superlink starts
-    flower-superexec in yet another session, so the tree is collected from
-    ``/proc`` first and each process is signalled, not only the group.
-    """
-    pids = [process.pid, *descendants(process.pid)]
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            process.poll()
-            if not any(is_alive(pid) for pid in pids):
-                return
-            time.sleep(0.2)
-    process.poll()
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, from /proc; None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = _proc_stat(int(entry.name))
-        if stat is not None:
-            children.setdefault(stat[1], []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def is_alive(pid: int) -> bool:
-    # Zombies count as dead: where PID 1 does not reap orphans they linger.
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def toml_value(value: bool | int | float | str) -> str:
-    """A config value as a TOML literal.
-
-    JSON's spelling of booleans, numbers and (escaped) strings is valid TOML, so
-    run configs, federation configs and node configs are all written this way.
-    """
-    return json.dumps(value)
 
 
 def _json_payload(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:

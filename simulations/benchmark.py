@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="Keep the figures of runs already finished in --out with the same flags; run the rest.")
     p.add_argument("--docs", default="docs", help="Folder of BENCHMARKS.md and benchmarks/ (JSON, plots).")
     args = p.parse_args(argv)
-    from server.launch import install_signal_handlers
+    from common.processes import install_signal_handlers
 
     install_signal_handlers()
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

@@ -43,17 +43,18 @@ def _offline_env() -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
-    if args.resume:
+    values = given_keys(args, echo=print)
+    if values.get("resume"):
         from server.checkpoint import resumed_config
 
-        return simulate(resumed_config(given_keys(args)))
-    return simulate(config_from_args(args))
+        return simulate(resumed_config(values))
+    return simulate(FedTextConfig.from_mapping(values))
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
     from simulations.centralized import centralized
 
-    return centralized(config_from_args(args))
+    return centralized(config_from_args(args, echo=print))
 
 
 # Subcommands owned by other packages: each module exposes
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedtext`` console script."""
-    from server.launch import install_signal_handlers
+    from common.processes import install_signal_handlers
 
     _offline_env()
     parser = build_parser()

@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from deploy import certs
-from server.superlink import descendants, is_alive
+from common.processes import descendants, is_alive
 
 HOSTS = ["server", "fl.example.org", "10.1.2.3", "2001:db8::7"]
 PRIVATE_FILES = ["ca.key", "server.key", "clients/client-1.key", "clients/client-1.id.key",

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from server.superlink import is_alive, descendants, free_port
+from common.processes import descendants, free_port, is_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "--local-steps", "2",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from server.superlink import is_alive, descendants, stop_process_group
+from common.processes import descendants, is_alive, stop_process_group
 
 pytestmark = pytest.mark.slow
 

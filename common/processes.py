@@ -1,0 +1,145 @@
+"""Processes fedtext starts and stops: Flower executables, their environment, signals.
+
+Every command that starts Flower processes (``fedtext simulate``, ``server``,
+``client``, ``tune``) goes through these helpers, so that
+
+- Flower executables are the ones installed next to this Python, with an
+  environment that keeps them offline and inside the run folder (:func:`flower_env`);
+- SIGTERM and SIGHUP end a command like Ctrl-C, so its ``finally`` blocks run
+  (:func:`install_signal_handlers`);
+- stopping a child stops every process below it, whatever session it started
+  (:func:`stop_process_group`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import subprocess
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flwr_bin(name: str) -> str:
+    """Path of a Flower executable installed next to this Python."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes; apps inherit the SuperLink's."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            # Ray's dashboard and usage stats reach for the network; not needed.
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_DEDUP_LOGS": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # flower-superlink spawns flower-superexec by name: find it next to Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # The app's packages must resolve to this checkout, whoever starts Python.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_DIR), env.get("PYTHONPATH", "")]))
+    env.update(extra or {})
+    return env
+
+
+# --- signals ------------------------------------------------------------------------
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP end the command like Ctrl-C: finally-blocks stop the children."""
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig, handler in ((signal.SIGTERM, _stop), (signal.SIGHUP, _stop), (signal.SIGINT, signal.default_int_handler)):
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError):  # not the main thread
+            pass
+
+
+def ignore_signals() -> None:
+    """While children are being stopped, a second Ctrl-C/SIGTERM must not cut it short."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Stop a child and every process below it: SIGTERM, then SIGKILL after ``grace`` s.
+
+    The child runs in its own process group, but flower-superlink starts
+    flower-superexec in yet another session, so the tree is collected from
+    ``/proc`` first and each process is signalled, not only the group.
+    """
+    pids = [process.pid, *descendants(process.pid)]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            process.poll()
+            if not any(is_alive(pid) for pid in pids):
+                return
+            time.sleep(0.2)
+    process.poll()
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, from /proc; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = _proc_stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    # Zombies count as dead: where PID 1 does not reap orphans they linger.
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
