@@ -23,6 +23,7 @@ from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
 from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
 from common.model import build_model, load_tokenizer, pick_device, silence_transformers
+from common.recipe import round_span
 from common.splits import client_file_data, simulated_client_data
 from common.training import evaluate_model, train_model
 
@@ -113,6 +114,7 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
         device,
         seed=job.cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
         proximal_mu=job.instruction.proximal_mu or job.cfg.proximal_mu,
+        span=round_span(job.instruction.server_round, job.cfg.rounds, job.cfg.lr_schedule),
     )
     trained = trainable_state(job.model)
     sent = job.instruction.arrays

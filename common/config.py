@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.recipe import LR_SCHEDULES, POOLINGS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
@@ -62,6 +64,12 @@ class FedTextConfig:
     lora_alpha: int = _opt(16, "LoRA scaling alpha (freeze=lora).")
     lora_dropout: float = _opt(0.1, "LoRA dropout (freeze=lora).")
     max_length: int = _opt(64, "Tokens kept per text; longer texts are truncated.")
+    pooling: str = _opt(
+        "auto",
+        "How the classifier reads the text: cls (the model's own head, on the first "
+        "token) | mean (mean of the token states) | auto (mean for sentence-transformers "
+        "checkpoints, which were trained for it; cls otherwise).",
+    )
 
     # --- data ---------------------------------------------------------------
     data: str = _opt(
@@ -106,9 +114,21 @@ class FedTextConfig:
     local_steps: int = _opt(
         0, "Optimizer steps per round; when > 0 it replaces local-epochs."
     )
-    lr: float = _opt(5e-5, "Peak AdamW learning rate.")
+    lr: float = _opt(
+        0.0,
+        "Peak AdamW learning rate; 0 = the freezing policy's default (none/embeddings "
+        "1e-4, bottom:K 3e-4, lora 1e-3, head 1e-2).",
+    )
+    lr_schedule: str = _opt(
+        "linear",
+        "Learning-rate schedule over the whole run (all rounds): linear | cosine decay "
+        "after warmup, constant, or per-round (warmup and linear decay restarted in "
+        "every round).",
+    )
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases/LayerNorm).")
-    warmup_ratio: float = _opt(0.1, "Share of a round's steps spent warming up the lr.")
+    warmup_ratio: float = _opt(
+        0.1, "Share of the run's steps spent warming up the lr (of each round's with per-round)."
+    )
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = no clipping).")
     grad_accum_steps: int = _opt(1, "Micro-batches accumulated per optimizer step.")
     proximal_mu: float = _opt(
@@ -296,7 +316,9 @@ def validate(cfg: FedTextConfig) -> None:
     _check(cfg.local_epochs > 0 or cfg.local_steps > 0, "local-epochs",
            "> 0 (or local-steps > 0)", cfg.local_epochs)
     _check(cfg.local_steps >= 0, "local-steps", ">= 0", cfg.local_steps)
-    _check(0.0 < cfg.lr < 1.0, "lr", "in (0, 1)", cfg.lr)
+    _check(0.0 <= cfg.lr < 1.0, "lr", "in [0, 1) (0 = the freezing policy's default)", cfg.lr)
+    _check(cfg.lr_schedule in LR_SCHEDULES, "lr-schedule", " | ".join(LR_SCHEDULES), cfg.lr_schedule)
+    _check(cfg.pooling in POOLINGS, "pooling", " | ".join(POOLINGS), cfg.pooling)
     _check(cfg.weight_decay >= 0, "weight-decay", ">= 0", cfg.weight_decay)
     _check(0.0 <= cfg.warmup_ratio < 1.0, "warmup-ratio", "in [0, 1)", cfg.warmup_ratio)
     _check(cfg.max_grad_norm >= 0, "max-grad-norm", ">= 0", cfg.max_grad_norm)
@@ -369,17 +391,31 @@ def _is_positive_float(text: str) -> bool:
         return False
 
 
+def toml_value(value: bool | int | float | str) -> str:
+    """A config value as a TOML literal.
+
+    JSON's spelling of booleans, numbers and (escaped) strings is valid TOML, so
+    run configs, federation configs and node configs are all written this way.
+    """
+    return json.dumps(value)
+
+
 # --- command line ------------------------------------------------------------
 
 
 def add_config_arguments(
     parser: argparse.ArgumentParser, only: Iterable[str] | None = None
 ) -> None:
-    """Add one ``--key`` flag per config field (or per key in ``only``).
+    """Add ``--config FILE`` and one ``--key`` flag per config field (or per key in ``only``).
 
     Flags default to ``None`` so that :func:`config_from_args` can tell a flag
     that was given from one that was not, and leave the dataclass default alone.
     """
+    parser.add_argument(
+        "--config", dest="config_file", default=None, metavar="FILE",
+        help="TOML file of config keys (kebab-case), e.g. a tuning study's best.toml or a "
+        "run's run_config.toml; flags given on the command line win over it.",
+    )
     wanted = set(only) if only is not None else None
     for f in fields(FedTextConfig):
         key = to_key(f.name)
@@ -401,17 +437,72 @@ def add_config_arguments(
         )
 
 
-def given_keys(args: argparse.Namespace) -> dict[str, Any]:
-    """Kebab-case key -> value of the config flags that were given (not defaulted)."""
-    return {
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Kebab-case key -> value of a TOML file of config keys.
+
+    Every key must be a config key and every value valid for it; otherwise one
+    line names the file and the key.
+    """
+    import tomllib
+
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--config '{path}': cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config '{path}': not TOML ({str(exc).splitlines()[0]})") from exc
+    values = {to_key(k): v for k, v in values.items()}
+    try:
+        FedTextConfig.from_mapping(values)
+    except ConfigError as exc:
+        raise ConfigError(f"--config '{path}': {exc}") from exc
+    return values
+
+
+def given_keys(args: argparse.Namespace, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Kebab-case key -> value of the config the command line gave.
+
+    The keys of ``--config FILE`` first, then the flags that were given (not
+    defaulted), which win. Keys of the file that this command has no flag for
+    (a federated study's ``strategy`` for ``fedtext centralized``) are left
+    out, and ``echo`` says which.
+    """
+    accepted = {to_key(f.name) for f in fields(FedTextConfig) if hasattr(args, f.name)}
+    values: dict[str, Any] = {}
+    if getattr(args, "config_file", None):
+        from_file = read_config_file(args.config_file)
+        unused = sorted(set(from_file) - accepted)
+        if unused and echo is not None:
+            echo(f"--config '{args.config_file}': not used by this command: {', '.join(unused)}")
+        values = {k: v for k, v in from_file.items() if k in accepted}
+    values.update({
         to_key(f.name): getattr(args, f.name)
         for f in fields(FedTextConfig)
         if getattr(args, f.name, None) is not None
-    }
+    })
+    return values
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> FedTextConfig:
-    """The validated config made of the flags that were given, plus ``overrides``."""
-    given = {k.replace("-", "_"): v for k, v in given_keys(args).items()}
+def config_from_args(
+    args: argparse.Namespace, echo: Callable[[str], None] | None = None, **overrides: Any
+) -> FedTextConfig:
+    """The validated config of the command line (see :func:`given_keys`), plus ``overrides``."""
+    given = {k.replace("-", "_"): v for k, v in given_keys(args, echo).items()}
     given.update(overrides)
     return FedTextConfig.from_mapping(given)
+
+
+def absolute_paths(cfg: FedTextConfig) -> FedTextConfig:
+    """The config with absolute file paths: apps run in other folders."""
+    from common.packaged import PREFIX
+
+    def absolute(path: str) -> str:
+        return path if not path or path.startswith(PREFIX) else str(Path(path).expanduser().resolve())
+
+    local_model = Path(cfg.model).expanduser().is_dir()
+    return cfg.replace(
+        model=absolute(cfg.model) if local_model else cfg.model,
+        data=absolute(cfg.data), test_data=absolute(cfg.test_data), out=absolute(cfg.out),
+        resume=absolute(cfg.resume),
+    )

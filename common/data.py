@@ -149,17 +149,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _quiet_datasets:
-    """Silence datasets' progress bars while it reads a small file."""
+    """Silence datasets' progress bars and error logs while it reads a file.
+
+    A file it cannot read becomes fedtext's own one-line error; datasets'
+    "Failed to read file" log line would be a second one.
+    """
 
     def __enter__(self) -> None:
         import datasets
 
         self._was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+        self._verbosity = datasets.utils.logging.get_verbosity()
         datasets.utils.logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
 
     def __exit__(self, *exc: object) -> None:
         import datasets
 
+        datasets.utils.logging.set_verbosity(self._verbosity)
         if self._was_enabled:
             datasets.utils.logging.enable_progress_bar()
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.metrics import ClassificationMetrics, metrics_from_confusion
 from common.model import autocast, needs_grad_scaler
+from common.recipe import peak_lr, step_lr_factors
 
 if TYPE_CHECKING:
     import datasets
@@ -69,6 +70,9 @@ def iterate_batches(
                 padding=True,
                 truncation=True,
                 max_length=max_length,
+                # Single texts: token types are all 0, the default of the models
+                # that use them, and some (DistilBERT) refuse the argument.
+                return_token_type_ids=False,
                 return_tensors="pt",
             )
             yield dict(enc), torch.as_tensor(labels[idx], dtype=torch.long)
@@ -98,16 +102,18 @@ def train_model(
     device: torch.device,
     seed: int,
     proximal_mu: float = 0.0,
+    span: tuple[float, float] = (0.0, 1.0),
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``dataset``.
 
-    AdamW with linear warmup and decay, gradient clipping and accumulation;
-    mixed precision on CUDA. With ``proximal_mu > 0`` the FedProx term
+    AdamW with gradient clipping and accumulation, mixed precision on CUDA.
+    The lr follows the run's schedule (``common.recipe``) over ``span``, the
+    part of the whole run's progress this local run covers (a client's round,
+    a centralized epoch). With ``proximal_mu > 0`` the FedProx term
     ``mu/2 * ||w - w_start||^2`` over the trainable weights keeps the local
     model near the global one it started from.
     """
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     start = time.perf_counter()
     # Dropout draws from torch's global generator. A simulated client runs in a
@@ -120,14 +126,15 @@ def train_model(
     trainable = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in trainable] if proximal_mu > 0 else []
     total_steps = planned_steps(len(dataset), cfg)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
-    )
+    peak = peak_lr(cfg)
+    factors = step_lr_factors(span, total_steps, cfg.lr_schedule, cfg.warmup_ratio)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay), lr=peak)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device) else None
     batches = iterate_batches(dataset, tokenizer, cfg.batch_size, cfg.max_length, seed)
     loss_sum, loss_count = 0.0, 0
-    for _ in range(total_steps):
+    for factor in factors:
+        for group in optimizer.param_groups:
+            group["lr"] = peak * factor
         for _ in range(cfg.grad_accum_steps):
             inputs, labels = next(batches)
             inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -149,7 +156,6 @@ def train_model(
             scaler.update()
         else:
             optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return TrainResult(
         num_examples=len(dataset),

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import FedTextConfig
+from common.recipe import peak_lr
 
 # Flower's FedOpt defaults (eta = 0.1 or 0.01) suit small CNNs trained from
 # scratch. An adaptive server step of that size on every weight of a pretrained
@@ -48,11 +49,11 @@ def build_strategy(cfg: FedTextConfig) -> Strategy:
     if name == "fedprox":
         return FedProx(**sampling, proximal_mu=cfg.proximal_mu or 0.01)
     if name == "fedadam":
-        return FedAdam(**sampling, eta=eta, eta_l=cfg.lr)
+        return FedAdam(**sampling, eta=eta, eta_l=peak_lr(cfg))
     if name == "fedyogi":
-        return FedYogi(**sampling, eta=eta, eta_l=cfg.lr)
+        return FedYogi(**sampling, eta=eta, eta_l=peak_lr(cfg))
     if name == "fedadagrad":
-        return FedAdagrad(**sampling, eta=eta, eta_l=cfg.lr)
+        return FedAdagrad(**sampling, eta=eta, eta_l=peak_lr(cfg))
     if name == "fedavgm":
         return FedAvgM(**sampling, server_learning_rate=eta, server_momentum=cfg.server_momentum)
     raise ValueError(f"unknown strategy {name!r}")  # unreachable: config validated

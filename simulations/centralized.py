@@ -14,6 +14,7 @@ import time
 from common.config import FedTextConfig
 from common.model import pick_device
 from common.data import LabeledData
+from common.recipe import round_span
 from common.splits import client_share, server_test_set_and_pool
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder, progress_line
@@ -44,7 +45,7 @@ def centralized(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     for r in range(1, cfg.rounds + 1):
         started = time.perf_counter()
         result = train_model(model.model, rows, model.tokenizer, cfg, pick_device(), seed=cfg.seed + 1000 * r,
-                             proximal_mu=0.0)
+                             span=round_span(r, cfg.rounds, cfg.lr_schedule))
         recorder.record_round(r, model.evaluate(test), clients={"train": {"train-loss": result.loss}},
                               seconds=time.perf_counter() - started, train_steps=result.steps)
         echo(progress_line(recorder.doc["rounds"][-1], cfg.rounds))
