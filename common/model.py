@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from common.config import PACKAGED_MODEL, FedTextConfig
 from common.errors import ConfigError
-from common.freezing import apply_freezing
+from common.freezing import apply_freezing, describe_parameters
+from common.recipe import resolved_pooling
 
 if TYPE_CHECKING:
     import torch
@@ -43,15 +44,30 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub name: from_pretrained resolves it (offline: from the cache)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def load_tokenizer(cfg: FedTextConfig) -> PreTrainedTokenizerBase:
     """The tokenizer that goes with ``cfg.model``."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(cfg.model)
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise ConfigError(f"config key 'model': cannot load a tokenizer from '{path}' ({exc})") from exc
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"config key 'model': cannot load a tokenizer from '{path}' ({_first_line(exc)})"
+        ) from exc
+    if tokenizer.pad_token is None:
+        # GPT-style tokenizers have no padding token, and batches need one; the
+        # attention mask hides it, so any special token will do.
+        special = tokenizer.eos_token or tokenizer.unk_token
+        if special is None:
+            raise ConfigError(f"config key 'model': the tokenizer of '{path}' has no pad, eos or unk token")
+        tokenizer.pad_token = special
+    return tokenizer
 
 
 def build_model(cfg: FedTextConfig, label_names: list[str]) -> PreTrainedModel:
@@ -65,32 +81,91 @@ def build_model(cfg: FedTextConfig, label_names: list[str]) -> PreTrainedModel:
         Label names in id order; they become ``id2label``/``label2id``.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    from common.pooled_model import from_encoder
+
     path = resolve_model_path(cfg.model)
-    extra: dict[str, Any] = {}
-    if cfg.num_hidden_layers:
-        extra["num_hidden_layers"] = cfg.num_hidden_layers
-    # The head (and, for sentence-transformers checkpoints, the pooler) is newly
-    # initialised: seeding makes it identical on every party.
-    torch.manual_seed(cfg.seed)
+    extra = _layer_override(cfg)
+    labels = _label_maps(label_names)
+    mean_pooling = resolved_pooling(cfg, path) == "mean"
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized weights" is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-            **extra,
-        )
+        if mean_pooling:
+            encoder = AutoModel.from_pretrained(path, **extra)
+            # The classifier is newly initialised: seeding makes it identical on every party.
+            torch.manual_seed(cfg.seed)
+            model = from_encoder(encoder, **labels)
+        else:
+            # The head (and, for checkpoints without one, the pooler) is newly
+            # initialised during loading: seed first.
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForSequenceClassification.from_pretrained(path, **labels, **extra)
     except OSError as exc:
-        raise ConfigError(f"config key 'model': cannot load '{path}' ({exc})") from exc
+        raise ConfigError(f"config key 'model': cannot load '{path}' ({_first_line(exc)})") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+    if getattr(model.config, "pad_token_id", None) is None and not mean_pooling:
+        # GPT-style heads classify from the last non-padding token: they must know which id pads.
+        model.config.pad_token_id = load_tokenizer(cfg).pad_token_id
     torch.manual_seed(cfg.seed + 1)  # LoRA's A matrices: seeded too
     return apply_freezing(model, cfg)
+
+
+def _layer_override(cfg: FedTextConfig) -> dict[str, Any]:
+    return {"num_hidden_layers": cfg.num_hidden_layers} if cfg.num_hidden_layers else {}
+
+
+def _label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def check_model(cfg: FedTextConfig, num_labels: int = 2) -> str:
+    """Pre-flight check of ``model`` against ``freeze`` and ``pooling``, without the weights.
+
+    Builds the model's structure on the meta device (no memory, no weights
+    read) and applies the freezing policy, so that a model/policy mismatch
+    fails before any process starts, with the policy's one-line error.
+
+    Returns
+    -------
+    str
+        One line: the architecture, pooling and how much of it trains.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from common.pooled_model import MeanPoolingConfig, MeanPoolingForSequenceClassification
+
+    path = resolve_model_path(cfg.model)
+    load_tokenizer(cfg)
+    labels = _label_maps([str(i) for i in range(num_labels)])
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.from_pretrained(path, **_layer_override(cfg))
+        pooling = resolved_pooling(cfg, path)
+        with torch.device("meta"):
+            if pooling == "mean":
+                model = MeanPoolingForSequenceClassification(MeanPoolingConfig(encoder=config, **labels))
+            else:
+                for key, value in labels.items():
+                    setattr(config, key, value)
+                model = AutoModelForSequenceClassification.from_config(config)
+            architecture = type(model).__name__
+            model = apply_freezing(model, cfg)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config key 'model': cannot build '{path}' ({_first_line(exc)})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return f"{architecture} ({config.model_type}), pooling {pooling}; {describe_parameters(model, cfg.freeze)}"
 
 
 def pick_device() -> torch.device:

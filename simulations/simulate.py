@@ -13,29 +13,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import FedTextConfig
+from common.config import FedTextConfig, absolute_paths
 from common.errors import FedTextError
-from common.packaged import PREFIX
+from common.model import check_model
+from common.recipe import peak_lr
 from common.splits import server_test_set_and_pool
 from common.partition import load_partition
 from server.checkpoint import load_for_resume
-from server.superlink import LocalSuperLink, follow_run, report_run, stop_process_group, write_run_config
-
-
-def absolute(path: str) -> str:
-    """Apps run in other folders: hand them absolute paths."""
-    return path if not path or path.startswith(PREFIX) else str(Path(path).expanduser().resolve())
+from common.processes import stop_process_group
+from server.superlink import LocalSuperLink, follow_run, report_run, write_run_config
 
 
 def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
     """The run's config as the apps will see it: absolute paths, all clients sampled."""
-    return cfg.replace(
-        data=absolute(cfg.data),
-        test_data=absolute(cfg.test_data),
-        out=str(Path(cfg.out).expanduser().resolve()),
-        min_clients=min(cfg.min_clients, cfg.clients),
-        resume=absolute(cfg.resume),
-    )
+    return absolute_paths(cfg).replace(min_clients=min(cfg.min_clients, cfg.clients))
 
 
 def check_resume(cfg: FedTextConfig) -> None:
@@ -64,8 +55,10 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = check_data(cfg)
+    model = check_model(cfg, len(labels))
     echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
-         f"strategy {cfg.strategy}, freeze {cfg.freeze}, labels {', '.join(labels)}")
+         f"strategy {cfg.strategy}, labels {', '.join(labels)}")
+    echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")
     run_config = write_run_config(cfg, out / "run_config.toml")
     superlink = LocalSuperLink(home=out / ".flwr", simulation=True)
     metrics = out / "metrics.json"

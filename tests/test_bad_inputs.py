@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.superlink import free_port
+from common.processes import free_port
+from tests.model_families import make_family_model
 from simulations.cli import main
 
 GOOD_ROWS = "text,label\na warm and funny film,fresh\ndull and far too long,rotten\nmoving,fresh\n"
@@ -48,6 +49,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "onerow": root / "onerow.csv",
         "nolabel": root / "nolabel.csv",
         "runcfg": root / "run.toml",
+        "tinybert": make_family_model("bert", root / "tinybert"),
+        "badvalue": root / "bad_value.toml",
+        "nottoml": root / "not_toml.toml",
         "badhex": root / "identities-bad.json",
     }
     out["badhex"].write_text('{"1": "zz"}\n')
@@ -60,6 +64,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["onerow"].write_text("text,label\nonly one,fresh\n")
     out["nolabel"].write_text("text,label\nnice,fresh\nno label here,\n")
     out["runcfg"].write_text('rounds = 2\nlearning-rate = 0.1\n')
+    out["badvalue"].write_text('rounds = 2\nlr-schedule = "sideways"\n')
+    out["nottoml"].write_text('rounds = = 2\n')
     return out
 
 
@@ -151,13 +157,26 @@ CASES = [
     ("run-config-unknown-key", lambda f: server(f, "--run-config", str(f["runcfg"])),
      ["run.toml", "unknown config key 'learning-rate'"]),
     ("run-config-missing", lambda f: server(f, "--run-config", str(f["root"] / "absent.toml")),
-     ["--run-config", "absent.toml"]),
+     ["--config", "absent.toml"]),
+    ("config-missing", lambda f: ["simulate", "--config", str(f["root"] / "absent.toml")],
+     ["--config", "absent.toml", "cannot read"]),
+    ("config-unknown-key", lambda f: ["centralized", "--config", str(f["runcfg"])],
+     ["run.toml", "unknown config key 'learning-rate'"]),
+    ("config-bad-value", lambda f: ["simulate", "--config", str(f["badvalue"])],
+     ["bad_value.toml", "lr-schedule", "sideways"]),
+    ("config-not-toml", lambda f: ["simulate", "--config", str(f["nottoml"])],
+     ["not_toml.toml", "not TOML"]),
     ("server-test-data-missing", lambda f: insecure_server(f, "--test-data", str(f["root"] / "test.csv")),
      ["test.csv", "not found"]),
     # --- simulate -------------------------------------------------------------------------
     ("partition-dirichlet-negative", lambda f: ["simulate", "--partition", "dirichlet:-1"],
      ["partition", "dirichlet:-1"]),
     ("clients-zero", lambda f: ["simulate", "--clients", "0"], ["clients", "0"]),
+    ("freeze-beyond-the-models-blocks",
+     lambda f: ["simulate", "--model", str(f["tinybert"]), "--freeze", "bottom:5", "--max-examples", "40"],
+     ["freeze", "bottom:5", "2 layers"]),
+    ("model-folder-without-a-model", lambda f: ["simulate", "--model", str(f["nokeys"]),
+                                                "--max-examples", "40"], ["model", "no-keys"]),
     ("secagg-two-clients", lambda f: ["simulate", "--clients", "2"], ["clients", "at least 3", "--no-secagg"]),
     ("secagg-zero-clip", lambda f: ["simulate", "--secagg-clip", "0"], ["secagg-clip"]),
     ("secagg-overflow-bits", lambda f: ["simulate", "--secagg-bits", "31"], ["secagg-bits", "overflow"]),

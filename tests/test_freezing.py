@@ -19,8 +19,9 @@ _CACHE: dict[tuple, torch.nn.Module] = {}
 
 
 def model_for(**changes: object) -> torch.nn.Module:
-    """A built model per config, shared by the tests that only read it."""
-    cfg = FedTextConfig(**{"num_hidden_layers": 1, "max_length": 32, "batch_size": 8, **changes})
+    """A built model per config, shared by the tests that only read it (CLS pooling unless asked)."""
+    cfg = FedTextConfig(**{"num_hidden_layers": 1, "max_length": 32, "batch_size": 8, "pooling": "cls",
+                           **changes})
     key = tuple(sorted(cfg.to_mapping().items()))
     if key not in _CACHE:
         _CACHE[key] = build_model(cfg, LABELS)
@@ -28,8 +29,13 @@ def model_for(**changes: object) -> torch.nn.Module:
 
 
 def _group(name: str) -> str:
-    """'bert.encoder.layer.0.attention...' -> 'layer.0'; 'bert.embeddings...' -> 'embeddings'."""
-    parts = name.removeprefix("base_model.model.").removeprefix("bert.").split(".")
+    """'bert.encoder.layer.0.attention...' -> 'layer.0'; 'bert.embeddings...' -> 'embeddings'.
+
+    The same for the mean-pooling classifier, whose BERT is 'encoder.' (not 'bert.').
+    """
+    parts = name.removeprefix("base_model.model.").split(".")
+    if parts[0] in ("bert", "encoder") and parts[1] in ("embeddings", "encoder", "pooler"):
+        parts = parts[1:]
     if parts[0] == "encoder":
         return f"layer.{parts[2]}"
     return parts[0]
@@ -43,6 +49,7 @@ def _frozen_groups(model: torch.nn.Module) -> set[str]:
     return {_group(n) for n, p in model.named_parameters() if not p.requires_grad}
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize(
     ("layers", "freeze", "trainable", "frozen"),
     [
@@ -54,9 +61,12 @@ def _frozen_groups(model: torch.nn.Module) -> set[str]:
     ],
 )
 def test_policy_trains_exactly_the_expected_groups(
-    layers: int, freeze: str, trainable: set[str], frozen: set[str]
+    layers: int, freeze: str, trainable: set[str], frozen: set[str], pooling: str
 ) -> None:
-    model = model_for(num_hidden_layers=layers, freeze=freeze)
+    model = model_for(num_hidden_layers=layers, freeze=freeze, pooling=pooling)
+    if pooling == "mean":  # the mean-pooling classifier has no pooler at all
+        trainable = trainable - {"pooler"}
+        assert not any(".pooler." in n for n, _ in model.named_parameters())
     assert _trainable_groups(model) == trainable
     assert _frozen_groups(model) == frozen
     # What travels is exactly what trains.
@@ -73,15 +83,18 @@ def test_bottom_more_than_layers_is_a_config_error() -> None:
         model_for(freeze="bottom:2")
 
 
-def test_lora_trains_adapters_pooler_and_classifier_only() -> None:
-    model = model_for(freeze="lora")
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_lora_trains_adapters_and_head_only(pooling: str) -> None:
+    model = model_for(freeze="lora", pooling=pooling)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     adapters = [n for n in names if "lora_" in n]
     heads = [n for n in names if "lora_" not in n]
-    # Adapters on the attention projections (query/value) of the one layer.
-    assert adapters and all(".attention.self." in n for n in adapters)
-    assert {n.split(".attention.self.")[1].split(".")[0] for n in adapters} == {"query", "value"}
-    assert {_group(n) for n in heads} == {"pooler", "classifier"}
+    # Adapters on the attention projections of the one layer: query, key, value and
+    # the attention output, found from the model (BertAttention's linear layers).
+    assert adapters and all(".attention." in n for n in adapters)
+    assert {n.split(".attention.")[1].rsplit(".lora_", 1)[0] for n in adapters} == {
+        "self.query", "self.key", "self.value", "output.dense"}
+    assert {_group(n) for n in heads} == ({"pooler", "classifier"} if pooling == "cls" else {"classifier"})
     assert all("modules_to_save" in n for n in heads)
     # Every pretrained weight is frozen.
     assert not any(p.requires_grad for n, p in model.named_parameters()
@@ -91,11 +104,20 @@ def test_lora_trains_adapters_pooler_and_classifier_only() -> None:
 
 
 def test_head_is_under_one_percent_of_the_full_packaged_model() -> None:
-    model = build_model(FedTextConfig(freeze="head"), LABELS)  # all 6 layers
+    model = build_model(FedTextConfig(freeze="head", pooling="cls"), LABELS)  # all 6 layers
     trainable, total = count_parameters(model)
     assert total > 22_000_000
     assert 0 < trainable < 0.01 * total
     assert _trainable_groups(model) == {"pooler", "classifier"}
+
+
+def test_packaged_model_mean_pools_by_default() -> None:
+    """all-MiniLM-L6-v2 is a sentence-transformers checkpoint: pooling auto reads the token mean."""
+    from common.pooled_model import MeanPoolingForSequenceClassification
+
+    model = build_model(FedTextConfig(freeze="head"), LABELS)
+    assert isinstance(model, MeanPoolingForSequenceClassification)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]
 
 
 @pytest.mark.parametrize("freeze", ["none", "lora"])
@@ -175,10 +197,13 @@ def test_load_trainable_state_rejects_bad_arrays(corrupt: Corrupt, needle: str) 
     assert "\n" not in message
 
 
-def test_lora_merge_gives_the_same_logits() -> None:
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_lora_merge_gives_the_same_logits(pooling: str) -> None:
     from transformers import BertForSequenceClassification
 
-    model = copy.deepcopy(model_for(freeze="lora"))
+    from common.pooled_model import MeanPoolingForSequenceClassification
+
+    model = copy.deepcopy(model_for(freeze="lora", pooling=pooling))
     # Fresh LoRA B matrices are zero (a no-op adapter): make every trainable part non-trivial.
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -193,7 +218,8 @@ def test_lora_merge_gives_the_same_logits() -> None:
         merged = copy.deepcopy(model).merge_and_unload()
         merged.eval()
         merged_logits = merged(**inputs).logits
-    assert isinstance(merged, BertForSequenceClassification)
+    assert isinstance(merged, BertForSequenceClassification if pooling == "cls"
+                      else MeanPoolingForSequenceClassification)
     assert not any("lora_" in n or "modules_to_save" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(merged_logits, peft_logits, rtol=1e-4, atol=1e-5)
     # The adapters matter: without them the logits differ.
