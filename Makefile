@@ -33,7 +33,7 @@ demo: install
 		--freeze bottom:4 --max-examples 1500 --max-test-examples 500 \
 		--max-length 64 --batch-size 32 --lr 3e-4 --out $(DEMO_OUT)
 	$(BIN)/python -c "from transformers import pipeline; \
-		clf = pipeline('text-classification', model='$(DEMO_OUT)/model'); \
+		clf = pipeline('text-classification', model='$(DEMO_OUT)/model', trust_remote_code=True); \
 		print('pipeline on the saved model:', clf(['A warm, funny and moving film.', 'Dull, clumsy and far too long.']))"
 
 test: install

@@ -15,6 +15,7 @@ so a value is validated once, at the edge, whatever its origin:
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -191,6 +192,12 @@ class FedTextConfig:
     )
 
     # --- run ----------------------------------------------------------------
+    central_eval: bool = _opt(
+        True,
+        "Evaluate the global model on the server's test set after every round. "
+        "--no-central-eval leaves the test set alone (tuning trials: their objective is "
+        "the clients' held-out rows, and test figures are for the chosen configuration only).",
+    )
     seed: int = _opt(42, "Seed for model init, partitioning and data order.")
     out: str = _opt("runs/latest", "Run folder: metrics.json, model/, logs.")
     resume: str = _opt(
@@ -437,22 +444,25 @@ def add_config_arguments(
         )
 
 
+def read_toml(path: str | Path, flag: str) -> dict[str, Any]:
+    """A TOML file given by ``flag``, or one line naming the flag, the file and what is wrong."""
+    import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{flag} '{path}': cannot read ({exc.strerror or exc})") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{flag} '{path}': not TOML ({str(exc).splitlines()[0]})") from exc
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Kebab-case key -> value of a TOML file of config keys.
 
     Every key must be a config key and every value valid for it; otherwise one
     line names the file and the key.
     """
-    import tomllib
-
-    path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"--config '{path}': cannot read ({exc.strerror or exc})") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config '{path}': not TOML ({str(exc).splitlines()[0]})") from exc
-    values = {to_key(k): v for k, v in values.items()}
+    values = {to_key(k): v for k, v in read_toml(path, "--config").items()}
     try:
         FedTextConfig.from_mapping(values)
     except ConfigError as exc:

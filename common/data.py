@@ -74,7 +74,7 @@ def read_table(path: str | os.PathLike[str]) -> datasets.Dataset:
     if ".tsv" in (s.lower() for s in p.suffixes):
         kwargs["sep"] = "\t"
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             ds = datasets.load_dataset(builder, **kwargs)
     except Exception as exc:  # datasets wraps parser errors in its own types
         raise DataError(f"data file '{p}': {_explain_read_error(exc, builder)}") from exc
@@ -148,7 +148,7 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-class _quiet_datasets:
+class quiet_datasets:
     """Silence datasets' progress bars and error logs while it reads a file.
 
     A file it cannot read becomes fedtext's own one-line error; datasets'

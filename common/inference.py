@@ -1,8 +1,9 @@
 """Use a saved global model: evaluate it on a labeled file, or classify texts.
 
 A model folder is what a run writes to ``OUT/model`` (``save_pretrained`` +
-tokenizer + ``labels.json``): a plain transformers model, so nothing here needs
-Flower or peft. Labels in a file are mapped to ids **by name** through the
+tokenizer + ``labels.json``): a transformers model, so nothing here needs
+Flower or peft (a mean-pooling model brings its modeling file,
+``common.pooled_model``, which importing this module registers). Labels in a file are mapped to ids **by name** through the
 model's ``id2label``; a label the model does not know is an error naming the row.
 """
 
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import common.pooled_model  # noqa: F401 - registers the mean-pooling classifier with the Auto classes
 from common.config import FedTextConfig
 from common.data import load_labeled
 from common.errors import ConfigError, DataError
@@ -45,6 +47,18 @@ def evaluate_saved_model(
     batch_size: int = 32,
 ) -> dict[str, Any]:
     """Accuracy, macro/per-class precision, recall, F1, confusion matrix and loss."""
+    path = check_model_folder(folder)
+    labels = model_labels(path)
+    rows = load_labeled(data, text_column, label_column, labels, min_distinct_labels=1)
+    metrics = evaluate_folder_on(path, rows.dataset, max_length, batch_size)
+    metrics["data"] = str(data)
+    return metrics
+
+
+def evaluate_folder_on(
+    folder: str | Path, dataset: Any, max_length: int = 128, batch_size: int = 32
+) -> dict[str, Any]:
+    """Metrics of a saved model on rows already loaded (``text``, ``label`` ids in the model's order)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from common.model import pick_device
@@ -52,13 +66,11 @@ def evaluate_saved_model(
 
     path = check_model_folder(folder)
     labels = model_labels(path)
-    rows = load_labeled(data, text_column, label_column, labels, min_distinct_labels=1)
     model = AutoModelForSequenceClassification.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     cfg = FedTextConfig(max_length=max_length, batch_size=batch_size)
-    metrics = evaluate_model(model, rows.dataset, tokenizer, cfg, pick_device(), labels)
+    metrics = evaluate_model(model, dataset, tokenizer, cfg, pick_device(), labels)
     metrics["labels"] = labels
-    metrics["data"] = str(data)
     metrics["model"] = str(path)
     return metrics
 

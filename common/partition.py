@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
+from common.data import quiet_datasets
 from common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ def load_partition(
     # sorted by label or by date still gives an IID split. Flattening the shuffle
     # makes the partitioners' column reads contiguous (row-by-row reads through
     # an indices mapping cost seconds per client on the full corpus).
-    partitioner.dataset = dataset.shuffle(seed=seed).flatten_indices()
+    with quiet_datasets():
+        partitioner.dataset = dataset.shuffle(seed=seed).flatten_indices()
     try:
         return partitioner.load_partition(partition_id)
     except ValueError as exc:  # DirichletPartitioner gives up on impossible sizes

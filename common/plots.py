@@ -44,10 +44,12 @@ def plot_rounds(doc: dict[str, Any], path: str | Path) -> Path:
     """Central accuracy, macro F1 and loss per round, with the clients' evaluation means."""
     plt = pyplot()
     rounds = doc.get("rounds", [])
-    x = [r["round"] for r in rounds]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, title in zip(axes, ("accuracy", "f1_macro", "loss"), ("accuracy", "macro F1", "loss"), strict=True):
-        ax.plot(x, [r["central"].get(key, np.nan) for r in rounds], marker="o", label="central (server test set)")
+        central = [(r["round"], (r.get("central") or {}).get(key)) for r in rounds]
+        central = [(a, b) for a, b in central if b is not None]
+        if central:
+            ax.plot(*zip(*central, strict=True), marker="o", label="central (server test set)")
         client = [(r["round"], r.get("clients", {}).get("evaluate", {}).get(key)) for r in rounds]
         client = [(a, b) for a, b in client if b is not None]
         if client:

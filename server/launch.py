@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
         load_for_resume(cfg)  # a corrupt or mismatched checkpoint, too
 
     from common.processes import ignore_signals, stop_process_group
-    from server.superlink import LocalSuperLink, follow_run, report_run, write_run_config
+    from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
         logs = superlink.stream_logs(run_id, out / "run.log")
         echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
         echo(f"waiting for {cfg.min_clients} clients")
-        status, details = follow_run(superlink, run_id, metrics, echo)
+        status, details = follow_run(superlink, run_id, metrics, echo_rounds(echo, cfg.rounds))
     finally:
         ignore_signals()
         if logs is not None:

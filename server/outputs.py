@@ -97,17 +97,33 @@ class RunRecorder:
 
 
 def progress_line(entry: dict[str, Any], rounds: int | None) -> str:
-    """``round 2/3  central acc 0.7312 f1 0.7190 loss 0.5521 | 3 clients | up 1.8 MB | 41.2 s``."""
-    c = entry["central"]
+    """``round 2/3 | central acc 0.7312 f1 0.7190 loss 0.5521 | 3 clients | up 1.8 MB | 41.2 s``.
+
+    With the clients' held-out rows evaluated, their figures follow (``held-out acc ...``).
+    """
+    c = entry.get("central") or {}
     clients = entry.get("clients", {})
-    parts = [
-        f"round {entry['round']}/{rounds}" if rounds else f"round {entry['round']}",
-        f"central acc {c.get('accuracy', float('nan')):.4f} f1 {c.get('f1_macro', float('nan')):.4f} "
-        f"loss {c.get('loss', float('nan')):.4f}",
-    ]
+    parts = [f"round {entry['round']}/{rounds}" if rounds else f"round {entry['round']}"]
+    if c:
+        parts.append(f"central acc {c.get('accuracy', float('nan')):.4f} f1 {c.get('f1_macro', float('nan')):.4f} "
+                     f"loss {c.get('loss', float('nan')):.4f}")
+    held_out = clients.get("evaluate")
+    if held_out:
+        parts.append(f"held-out acc {held_out.get('accuracy', float('nan')):.4f} "
+                     f"f1 {held_out.get('f1_macro', float('nan')):.4f} ({held_out.get('num_examples', 0)} rows)")
     if "trained" in clients:  # a federated round (centralized rounds move no bytes)
         parts.append(f"{clients['trained']} clients")
         parts.append(f"up {entry['bytes_up'] / 1e6:.2f} MB down {entry['bytes_down'] / 1e6:.2f} MB")
     if entry["round"] > 0:
         parts.append(f"{entry['seconds']:.1f} s")
     return " | ".join(parts)
+
+
+def final_figures(doc: dict[str, Any]) -> str:
+    """The last round's headline: central accuracy and macro F1, else the held-out rows'."""
+    last = doc["rounds"][-1] if doc.get("rounds") else {}
+    for what, figures in (("central", last.get("central")),
+                          ("held-out", last.get("clients", {}).get("evaluate"))):
+        if figures:
+            return f"{what} accuracy {figures['accuracy']:.4f}, macro F1 {figures['f1_macro']:.4f}"
+    return "no evaluation recorded"

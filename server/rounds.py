@@ -10,7 +10,8 @@ For each round :func:`run_federation`
    (``server.aggregation.apply_update``);
 4. asks sampled clients to evaluate the new model on their held-out rows and
    combines their confusion matrices;
-5. evaluates centrally on the server's test set, records the round
+5. evaluates centrally on the server's test set (unless ``central-eval`` is
+   off, as in tuning trials), records the round
    (``server.outputs``) and writes a checkpoint (``server.checkpoint``).
 
 With ``resume`` set it first restores the global arrays, the strategy's state
@@ -76,7 +77,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
     timeout = cfg.round_timeout or None
 
     if checkpoint is None:
-        central = model.evaluate(test)
+        central = model.evaluate(test) if cfg.central_eval else {}
         recorder.record_round(0, central, clients={})
     else:
         central = restore_history(recorder, checkpoint)
@@ -93,7 +94,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
             arrays = apply_update(strategy, server_round, arrays, update)
             model.load(arrays)
         evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout)
-        central = model.evaluate(test)
+        central = model.evaluate(test) if cfg.central_eval else {}
         clients: dict[str, Any] = {
             "trained": update.num_clients if update else 0,
             "train_examples": update.total_examples if update else 0,

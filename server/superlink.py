@@ -13,22 +13,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from common.config import FedTextConfig, toml_value
 from common.processes import APP_DIR, flower_env, flwr_bin, free_port, stop_process_group
 from common.errors import FedTextError
-from server.outputs import progress_line
+from server.outputs import final_figures, progress_line
 
 CONNECTION = "fedtext"
 
@@ -208,23 +204,32 @@ def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
     return path
 
 
-def follow_run(superlink: LocalSuperLink, run_id: int, metrics: Path, echo) -> tuple[str, str]:  # noqa: ANN001
-    """Print rounds as they land in ``metrics.json`` until the run finishes.
+def follow_run(
+    superlink: LocalSuperLink, run_id: int, metrics: Path, on_round: Callable[[dict[str, Any]], None]
+) -> tuple[str, str]:
+    """Hand each round to ``on_round`` as it lands in ``metrics.json``, until the run finishes.
 
+    ``on_round`` prints it (``fedtext simulate``/``server``: :func:`echo_rounds`)
+    or reports it to a tuning study, which may stop the run by raising.
     ``metrics.json`` is read every second (cheap); the run status costs a
     ``flwr ls`` process (about a CPU-second of imports), so it is asked every
     ``STATUS_EVERY`` seconds, or at once when the ServerApp marks the run done.
     """
     shown, last_check = 0, 0.0
     while True:
-        shown = _echo_new_rounds(metrics, shown, echo)
+        shown = _new_rounds(metrics, shown, on_round)
         if time.monotonic() - last_check >= STATUS_EVERY or _app_finished(metrics):
             last_check = time.monotonic()
             status, details = superlink.run_status(run_id)
             if status.startswith("finished"):
-                _echo_new_rounds(metrics, shown, echo)
+                _new_rounds(metrics, shown, on_round)
                 return status, details
         time.sleep(1.0)
+
+
+def echo_rounds(echo: Callable[[str], None], rounds: int) -> Callable[[dict[str, Any]], None]:
+    """An ``on_round`` for :func:`follow_run` that prints each round's progress line."""
+    return lambda entry: echo(progress_line(entry, rounds))
 
 
 STATUS_EVERY = 15.0
@@ -237,15 +242,16 @@ def _app_finished(metrics: Path) -> bool:
         return False
 
 
-def _echo_new_rounds(metrics: Path, shown: int, echo) -> int:  # noqa: ANN001
+def _new_rounds(metrics: Path, shown: int, on_round: Callable[[dict[str, Any]], None]) -> int:
     try:
         doc = json.loads(metrics.read_text())
     except (OSError, ValueError):
         return shown
     rounds = doc.get("rounds", [])
     for entry in rounds[shown:]:
-        echo(progress_line(entry, doc.get("config", {}).get("rounds")))
-    return len(rounds)
+        shown += 1
+        on_round(entry)
+    return shown
 
 
 def report_run(status: str, details: str, out: Path, echo, command: str) -> int:  # noqa: ANN001
@@ -256,9 +262,7 @@ def report_run(status: str, details: str, out: Path, echo, command: str) -> int:
         doc = {}
     app_status = doc.get("status", "missing metrics.json")
     if status == "finished:completed" and app_status == "completed":
-        final = doc["rounds"][-1]["central"]
-        echo(f"done: central accuracy {final['accuracy']:.4f}, macro F1 {final['f1_macro']:.4f}; "
-             f"model in {out / 'model'}, metrics in {out / 'metrics.json'}")
+        echo(f"done: {final_figures(doc)}; model in {out / 'model'}, metrics in {out / 'metrics.json'}")
         return 0
     reason = app_status if app_status.startswith("failed") else (details or status)
     echo(f"{command}: run {status or 'unknown'}: {reason}; see {out / 'run.log'}")

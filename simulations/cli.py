@@ -3,6 +3,7 @@
 =================  ===========================================================
 ``simulate``       a federation of N clients on this machine (Ray)
 ``centralized``    the same training on the union of the clients' data
+``tune``           a hyperparameter search over simulations (Optuna)
 ``certs``          CA, server certificate and client keys for a deployment
                    (``deploy.certs``)
 ``server``         coordinate a real federation (``server.launch``)
@@ -49,6 +50,44 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         return simulate(resumed_config(values))
     return simulate(FedTextConfig.from_mapping(values))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulations.tuning.study import TuneOptions, tune
+
+    cfg = config_from_args(args, echo=print)
+    options = TuneOptions(
+        out=Path(args.out or "runs/tune"), trials=args.trials, storage=args.storage or "",
+        study_name=args.study_name, sampler=args.sampler, pruner=args.pruner, objective=args.objective,
+        centralized=args.centralized, seed=cfg.seed, params=args.param or [], space_file=args.space,
+    )
+    return tune(cfg, options)
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    """The search's own flags (the config flags give each trial's base)."""
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=20,
+                   help="Finished (completed or pruned) trials the study should hold (default: 20).")
+    g.add_argument("--param", action="append", metavar="KEY=SPEC",
+                   help="A config key to search: KEY=LOW..HIGH, KEY=LOW..HIGH:log, KEY=LOW..HIGH:step=S "
+                        "or KEY=A,B,C. Repeatable. Default space: lr (log, around the freezing "
+                        "policy's default), batch-size 8|16|32, local-epochs 0.5|1|2.")
+    g.add_argument("--space", metavar="FILE", help="TOML search space: one table per key "
+                   "(low/high/log/step or choices).")
+    g.add_argument("--objective", default="accuracy", help="accuracy | f1_macro | loss, on the clients' "
+                   "held-out rows after each round (never the test set; default: accuracy).")
+    g.add_argument("--sampler", default="tpe", help="tpe (seeded) | random | grid (default: tpe).")
+    g.add_argument("--pruner", default="median",
+                   help="median | hyperband | halving | threshold:VALUE | none: stops weak trials after a "
+                        "round; threshold stops any trial worse than VALUE (default: median).")
+    g.add_argument("--centralized", action="store_true",
+                   help="Trials are centralized runs: the baseline, tuned with the same budget.")
+    g.add_argument("--storage", metavar="FILE", help="SQLite file of the study (default: OUT/study.db); "
+                   "a killed study resumes from it, and optuna-dashboard opens it.")
+    g.add_argument("--study-name", default="fedtext", help="Name of the study in the storage (default: fedtext).")
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
@@ -134,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(p, keys)
         p.set_defaults(handler=handler)
+    p = sub.add_parser("tune", help="search hyperparameters over federated simulations (Optuna)",
+                       description="Search hyperparameters with Optuna: each trial is a federated "
+                       "simulation (or, with --centralized, a centralized run) built from the config "
+                       "flags plus the trial's parameters; --out is the study folder.")
+    add_config_arguments(p, TRAINING_KEYS + FEDERATION_KEYS)
+    add_tune_arguments(p)
+    p.set_defaults(handler=cmd_tune)
     p = sub.add_parser("evaluate", help="metrics of a saved model on a labeled file",
                        description="Accuracy, precision/recall/F1 (macro and per class) and the "
                        "confusion matrix of a saved model on a labeled file.")

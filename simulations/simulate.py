@@ -21,7 +21,7 @@ from common.splits import server_test_set_and_pool
 from common.partition import load_partition
 from server.checkpoint import load_for_resume
 from common.processes import stop_process_group
-from server.superlink import LocalSuperLink, follow_run, report_run, write_run_config
+from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 
 
 def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
@@ -54,6 +54,7 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     check_resume(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_model(cfg)  # the model against its freezing policy first: it takes a tenth of a second
     labels = check_data(cfg)
     model = check_model(cfg, len(labels))
     echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
@@ -76,7 +77,7 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
         )
         echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
         logs = superlink.stream_logs(run_id, out / "run.log")
-        status, details = follow_run(superlink, run_id, metrics, echo)
+        status, details = follow_run(superlink, run_id, metrics, echo_rounds(echo, cfg.rounds))
     finally:
         if logs is not None:
             stop_process_group(logs, grace=2.0)

@@ -1,0 +1,84 @@
+"""A local Ray head that outlives single simulations.
+
+Flower's simulation engine starts its own Ray for every run unless
+``RAY_ADDRESS`` names a running cluster, in which case it connects to it
+(``ray.init`` reads the variable). A tuning study runs many simulations in a
+row: one head for the whole study spares each trial Ray's start-up. The head
+is ``ray start --head --block``, a child process stopped with everything below
+it.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common.errors import FedTextError
+from common.processes import free_port, stop_process_group
+
+
+class RayHead:
+    """``ray start --head`` on 127.0.0.1 with ``num_cpus`` CPUs.
+
+    Parameters
+    ----------
+    log : Path
+        Where Ray's own start-up output goes.
+    num_cpus : int
+        CPUs the cluster offers (client actors reserve ``client-cpus`` each).
+    """
+
+    def __init__(self, log: Path, num_cpus: int) -> None:
+        self.log = log
+        self.num_cpus = num_cpus
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._temp = ""
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> RayHead:
+        """Start the head and wait until its GCS accepts connections."""
+        self.port = free_port()
+        # Ray's socket paths must stay short: a folder of its own under /tmp.
+        self._temp = tempfile.mkdtemp(prefix="fr")
+        ray = Path(sys.executable).parent / "ray"
+        cmd = [str(ray if ray.exists() else "ray"), "start", "--head", "--block",
+               f"--port={self.port}", f"--num-cpus={self.num_cpus}", "--node-ip-address=127.0.0.1",
+               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self._temp}"]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FedTextError(f"ray start exited with code {self.process.returncode}; see {self.log}")
+            if "Ray runtime started" in self.log.read_text(errors="replace") and self._listening():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise FedTextError(f"Ray head did not come up within {timeout:.0f}s; see {self.log}")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the head and every Ray process under it."""
+        if self.process is not None:
+            stop_process_group(self.process, grace=5.0)
+            self.process = None
+        if self._temp:
+            import shutil
+
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = ""
