@@ -79,4 +79,8 @@ class GlobalModel:
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         (folder / "labels.json").write_text(json.dumps(self.label_names, indent=1) + "\n")
+        # What serving and evaluation need to know of the run: the length it trained at.
+        card = {"max_length": self.cfg.max_length, "run": str(Path(self.cfg.out).resolve()),
+                "model": self.cfg.model, "freeze": self.cfg.freeze, "labels": self.label_names}
+        (folder / "fedtext.json").write_text(json.dumps(card, indent=1) + "\n")
         return folder

@@ -10,6 +10,8 @@
 ``client``         join one with local data (``client.launch``)
 ``evaluate``       metrics of a saved model on a labeled file
 ``predict``        label and score per text (JSON lines)
+``serve``          a TEI-compatible HTTP endpoint with dynamic batching (``serve``)
+``export``         ONNX (and int8) export checked against PyTorch (``serve.export``)
 =================  ===========================================================
 
 Each subcommand's flags are the config keys it uses (``common.config``); a bad
@@ -106,7 +108,11 @@ MODULE_COMMANDS = [
 
 
 def _module_command(module: str) -> Callable[[argparse.Namespace], int]:
-    return lambda args: int(importlib.import_module(module).run(args))
+    return _module_function(module, "run")
+
+
+def _module_function(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    return lambda args: int(getattr(importlib.import_module(module), name)(args))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -153,7 +159,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _add_model_use_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="A saved model folder (a run's OUT/model).")
     p.add_argument("--text-column", default="text", help="Column holding the text (default: text).")
-    p.add_argument("--max-length", type=int, default=128, help="Tokens kept per text (default: 128).")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="Tokens kept per text (default: the length the model was trained at, else 128).")
     p.add_argument("--batch-size", type=int, default=32, help="Texts per forward pass (default: 32).")
 
 
@@ -195,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="Classify the lines of a .txt file, or --text-column of a table.")
     p.add_argument("--out", help="Write the JSON lines here instead of standard output.")
     p.set_defaults(handler=cmd_predict)
+    p = sub.add_parser("serve", help="serve a saved model over HTTP (TEI-compatible /predict)",
+                       description="Serve a saved or exported model: POST /predict (TEI's shapes) with "
+                       "dynamic batching, GET /health, /info, /metrics (Prometheus).")
+    from serve.cli import add_export_arguments, add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(handler=_module_function("serve.cli", "run_serve"))
+    p = sub.add_parser("export", help="export a saved model to ONNX (optionally int8), checked against PyTorch",
+                       description="Export a saved model to ONNX Runtime, optionally with an int8 "
+                       "dynamically quantized graph; compares labels and scores with PyTorch.")
+    add_export_arguments(p)
+    p.set_defaults(handler=_module_function("serve.cli", "run_export"))
     for name, help_text, module in MODULE_COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(p)

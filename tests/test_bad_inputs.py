@@ -185,6 +185,14 @@ CASES = [
                                                "--data", str(f["good"])], ["--model", "nomodel"]),
     ("evaluate-model-without-config", lambda f: ["evaluate", "--model", str(f["root"]), "--data", str(f["good"])],
      ["--model", "config.json"]),
+    ("serve-model-missing", lambda f: ["serve", "--model", str(f["root"] / "absent")], ["--model", "absent"]),
+    ("serve-port-out-of-range", lambda f: ["serve", "--model", str(f["root"]), "--port", "70000"],
+     ["--port", "70000"]),
+    ("serve-queue-zero", lambda f: ["serve", "--model", str(f["root"]), "--max-queue", "0"], ["--max-queue"]),
+    ("export-quantize-unknown", lambda f: ["export", "--model", str(f["tinybert"]), "--out", str(f["root"] / "x"),
+                                           "--quantize", "int4"], ["--quantize", "int4"]),
+    ("export-model-without-config", lambda f: ["export", "--model", str(f["root"]), "--out", str(f["root"] / "x")],
+     ["--model", "config.json"]),
     ("predict-nothing-to-classify", lambda f: ["predict", "--model", str(f["root"])], ["TEXT", "--file"]),
 ]
 
