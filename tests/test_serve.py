@@ -10,10 +10,7 @@ answering 503, and SIGTERM letting requests in flight finish.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +21,8 @@ import pytest
 
 from common.config import FedTextConfig
 from common.inference import OnnxClassifier, TorchClassifier, load_classifier, softmax
-from common.processes import free_port, stop_process_group
+from serve.process import ServeProcess
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["A warm, funny and moving film.", "Dull, clumsy and far too long.", "An ok movie.",
          "The best thing I saw all year, a delight from start to finish.", "Meh."]
 
@@ -42,43 +38,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-class Server:
-    """A ``fedtext serve`` process on a free port."""
-
-    def __init__(self, model: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = model.parent / f"serve-{self.port}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simulations.cli", "serve", "--model", str(model), "--port", str(self.port),
-             *flags], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError(f"server did not come up: {self.log.read_text()}")
-
-    def post(self, body: object | bytes, timeout: float = 60) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(f"{self.url}/predict", content=content, timeout=timeout,
-                          headers={"content-type": "application/json"})
-
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-    def stop(self) -> None:
-        stop_process_group(self.process, grace=10)
-
-
 @pytest.fixture(scope="module")
 def server(model_dir: Path):  # noqa: ANN201
-    s = Server(model_dir, "--max-wait-ms", "50")
+    s = ServeProcess(model_dir, "--max-wait-ms", "50")
     yield s
     s.stop()
 
@@ -92,7 +54,7 @@ def _scores(rows: list[dict]) -> dict[str, float]:
     return {r["label"]: r["score"] for r in rows}
 
 
-def test_single_text_gets_every_label_best_first(server: Server, reference: TorchClassifier) -> None:
+def test_single_text_gets_every_label_best_first(server: ServeProcess, reference: TorchClassifier) -> None:
     reply = server.post({"inputs": TEXTS[0]})
     assert reply.status_code == 200
     rows = reply.json()
@@ -104,7 +66,7 @@ def test_single_text_gets_every_label_best_first(server: Server, reference: Torc
 
 
 @pytest.mark.parametrize("form", ["tei", "flat"])
-def test_batch_gets_one_list_per_text(server: Server, reference: TorchClassifier, form: str) -> None:
+def test_batch_gets_one_list_per_text(server: ServeProcess, reference: TorchClassifier, form: str) -> None:
     inputs = [[t] for t in TEXTS] if form == "tei" else TEXTS
     reply = server.post({"inputs": inputs, "raw_scores": True})
     assert reply.status_code == 200
@@ -115,7 +77,7 @@ def test_batch_gets_one_list_per_text(server: Server, reference: TorchClassifier
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_results(
-    server: Server, reference: TorchClassifier, rt_rows: list[dict[str, str]]
+    server: ServeProcess, reference: TorchClassifier, rt_rows: list[dict[str, str]]
 ) -> None:
     texts = [r["text"] for r in rt_rows[:48]]
     expected = softmax(reference.logits(texts).astype(np.float64))
@@ -151,7 +113,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_request_is_a_4xx_naming_the_field(server: Server, body: object, status: int, needle: str) -> None:
+def test_bad_request_is_a_4xx_naming_the_field(server: ServeProcess, body: object, status: int, needle: str) -> None:
     before = server.metric(f'fedtext_requests_total{{status="{status}"}}')
     reply = server.post(body)
     assert reply.status_code == status
@@ -161,11 +123,11 @@ def test_bad_request_is_a_4xx_naming_the_field(server: Server, body: object, sta
     assert server.post({"inputs": "still serving"}).status_code == 200
 
 
-def test_truncate_true_accepts_a_long_text(server: Server) -> None:
+def test_truncate_true_accepts_a_long_text(server: ServeProcess) -> None:
     assert server.post({"inputs": "word " * 200, "truncate": True}).status_code == 200
 
 
-def test_info_health_and_metrics(server: Server, model_dir: Path) -> None:
+def test_info_health_and_metrics(server: ServeProcess, model_dir: Path) -> None:
     info = httpx.get(f"{server.url}/info", timeout=10).json()
     assert info["model_type"]["classifier"]["id2label"] == {"0": "fresh", "1": "rotten"}
     assert (info["backend"], info["max_input_length"], info["run"]) == ("pytorch", 32, str(model_dir.parent))
@@ -177,7 +139,7 @@ def test_info_health_and_metrics(server: Server, model_dir: Path) -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after(model_dir: Path) -> None:
-    s = Server(model_dir, "--max-queue", "2", "--max-wait-ms", "400")
+    s = ServeProcess(model_dir, "--max-queue", "2", "--max-wait-ms", "400")
     try:
         with ThreadPoolExecutor(max_workers=12) as pool:
             replies = list(pool.map(lambda t: s.post({"inputs": t}), TEXTS * 3))
@@ -191,7 +153,7 @@ def test_a_full_queue_answers_503_with_retry_after(model_dir: Path) -> None:
 
 
 def test_sigterm_lets_requests_in_flight_finish(model_dir: Path) -> None:
-    s = Server(model_dir, "--max-wait-ms", "800")  # requests sit in an open batch for 0.8 s
+    s = ServeProcess(model_dir, "--max-wait-ms", "800")  # requests sit in an open batch for 0.8 s
     with ThreadPoolExecutor(max_workers=6) as pool:
         futures = [pool.submit(s.post, {"inputs": t}) for t in TEXTS]
         time.sleep(0.3)
@@ -231,7 +193,7 @@ def test_predict_and_serve_take_the_exported_folder(model_dir: Path, tmp_path: P
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected = TorchClassifier(model_dir).logits(TEXTS).argmax(-1)
     assert [r["label"] for r in rows] == [["fresh", "rotten"][i] for i in expected]
-    s = Server(tmp_path / "onnx")
+    s = ServeProcess(tmp_path / "onnx")
     try:
         assert httpx.get(f"{s.url}/info", timeout=10).json()["backend"] == "onnxruntime"
         assert s.post({"inputs": TEXTS}).status_code == 200
