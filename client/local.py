@@ -62,19 +62,36 @@ def _data_source(context: Context) -> tuple[str, int, int]:
 # Simulated clients live in long-running Ray actors: keeping the model and the
 # data between messages saves seconds per message. Every trainable parameter is
 # overwritten by each instruction, so a cached model carries no state across.
+# The caches are keyed by the fields that shape the model or pick the rows
+# only, so that tuning trials that change the lr or the rounds reuse them.
+MODEL_FIELDS = ("model", "num_hidden_layers", "pooling", "freeze", "lora_r", "lora_alpha", "lora_dropout", "seed")
+ROWS_FIELDS = ("data", "test_data", "text_column", "label_column", "labels", "max_examples", "max_test_examples",
+               "test_fraction", "client_eval_fraction", "partition", "seed")
+
+
 @functools.lru_cache(maxsize=2)
-def _model(cfg: FedTextConfig, label_names: tuple[str, ...]):  # noqa: ANN202
+def _cached_model(key: FedTextConfig, label_names: tuple[str, ...]):  # noqa: ANN202
     silence_transformers()
-    return build_model(cfg, list(label_names)), load_tokenizer(cfg)
+    return build_model(key, list(label_names)), load_tokenizer(key)
+
+
+def _model(cfg: FedTextConfig, label_names: tuple[str, ...]):  # noqa: ANN202
+    return _cached_model(cfg.only(*MODEL_FIELDS), label_names)
 
 
 @functools.lru_cache(maxsize=8)
+def _cached_rows(
+    key: FedTextConfig, label_names: tuple[str, ...], path: str, partition_id: int, partitions: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if path:
+        return client_file_data(key, path, list(label_names))
+    return simulated_client_data(key, list(label_names), partition_id, partitions)
+
+
 def _rows(
     cfg: FedTextConfig, label_names: tuple[str, ...], path: str, partition_id: int, partitions: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    if path:
-        return client_file_data(cfg, path, list(label_names))
-    return simulated_client_data(cfg, list(label_names), partition_id, partitions)
+    return _cached_rows(cfg.only(*ROWS_FIELDS), label_names, path, partition_id, partitions)
 
 
 @dataclass(frozen=True)
@@ -92,8 +109,8 @@ class _Job:
 
 def _prepare(content: RecordDict, context: Context, what: str) -> _Job:
     """Check the instruction, load this node's rows and the model with the global weights."""
-    cfg = _config(context)
     instruction = parse_instruction(content)
+    cfg = _config(context).with_trial(instruction.trial)
     labels = tuple(instruction.label_names)
     path, pid, parts = _data_source(context)
     train_rows, eval_rows = _rows(cfg, labels, path, pid, parts)

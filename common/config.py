@@ -27,6 +27,14 @@ from common.errors import ConfigError
 from common.recipe import LR_SCHEDULES, POOLINGS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# Keys a tuning trial may not set: they decide which rows the objective is
+# measured on, where the run is written, or the Ray resources all trials of a
+# study share. Every other key can vary by trial.
+NOT_TUNABLE = frozenset({
+    "data", "test-data", "text-column", "label-column", "labels", "max-examples",
+    "max-test-examples", "test-fraction", "client-eval-fraction", "clients", "partition",
+    "out", "resume", "central-eval", "trial-queue", "client-cpus", "client-gpus",
+})
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -34,7 +42,8 @@ def _opt(default: Any, help: str, scope: str = "training") -> Any:  # noqa: A002
     """A config field: its default, its help text, and its scope.
 
     ``training`` keys describe a fine-tuning run (``fedtext centralized`` takes
-    only these); ``federation`` keys describe how clients are coordinated.
+    only these); ``federation`` keys describe how clients are coordinated;
+    ``internal`` keys are set by fedtext itself and have no flag.
     """
     return field(default=default, metadata={"help": help, "scope": scope})
 
@@ -206,6 +215,12 @@ class FedTextConfig:
         "folder (OUT/checkpoint). Empty: start from round 0.",
         scope="federation",
     )
+    trial_queue: str = _opt(
+        "",
+        "Set by fedtext tune: a folder it hands trials through; the run executes them one "
+        "federation after another. Empty: one ordinary federation.",
+        scope="internal",
+    )
 
     # ------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -243,6 +258,23 @@ class FedTextConfig:
     def replace(self, **changes: Any) -> FedTextConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def with_trial(self, trial: Mapping[str, Any]) -> FedTextConfig:
+        """This config with a tuning trial's settings (kebab-case keys) over it.
+
+        A key a trial may not set (:data:`NOT_TUNABLE`), or a bad value, is a
+        :class:`ConfigError` naming it.
+        """
+        if not trial:
+            return self
+        refused = sorted(k for k in trial if to_key(str(k)) in NOT_TUNABLE)
+        if refused:
+            raise ConfigError(f"trial config: key '{refused[0]}' cannot be set by a trial")
+        return FedTextConfig.from_mapping({**self.to_mapping(), **trial})
+
+    def only(self, *names: str) -> FedTextConfig:
+        """This config with every field but ``names`` at its default (a cache key)."""
+        return FedTextConfig(**{n: getattr(self, n) for n in names})
 
     @property
     def label_names(self) -> list[str]:

@@ -5,7 +5,9 @@ message                content (a Flower ``RecordDict``)
 =====================  =========================================================
 train instruction      ``"arrays"``: trainable parameters of the global model
 (server -> client)     ``"config"``: ``server-round``, ``label-names`` (the
-                       federation's labels, in id order), ``proximal-mu`` (FedProx)
+                       federation's labels, in id order), ``proximal-mu`` (FedProx),
+                       ``trial-config`` (a tuning trial's settings over the run
+                       config, JSON; absent outside a study)
 train reply            ``"arrays"``: the client's **update** (trained minus
 (client -> server)     received), trainable parameters only, float32
                        ``"metrics"``: ``num-examples``, ``train-loss``,
@@ -29,8 +31,10 @@ functions check them and raise ``ValueError`` with one line naming the field.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -42,6 +46,7 @@ NUM_EXAMPLES = "num-examples"
 LABEL_NAMES = "label-names"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+TRIAL_CONFIG = "trial-config"
 SECAGG = "secagg"
 SECAGG_MASKED = "secagg-masked"
 
@@ -64,9 +69,17 @@ def record_bytes(record: ArrayRecord) -> int:
 # --- server -> client ------------------------------------------------------------
 
 
-def instruction_config(round_number: int, label_names: list[str]) -> ConfigRecord:
-    """The ``"config"`` of train and evaluate instructions (strategies add their own keys)."""
-    return ConfigRecord({SERVER_ROUND: round_number, LABEL_NAMES: list(label_names)})
+def instruction_config(
+    round_number: int, label_names: list[str], trial: dict[str, Any] | None = None
+) -> ConfigRecord:
+    """The ``"config"`` of train and evaluate instructions (strategies add their own keys).
+
+    ``trial``: the config keys a tuning trial sets over the run config.
+    """
+    config = ConfigRecord({SERVER_ROUND: round_number, LABEL_NAMES: list(label_names)})
+    if trial:
+        config[TRIAL_CONFIG] = json.dumps(trial, sort_keys=True)
+    return config
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class Instruction:
     server_round: int
     label_names: list[str]
     proximal_mu: float
+    trial: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_instruction(content: RecordDict) -> Instruction:
@@ -92,11 +106,20 @@ def parse_instruction(content: RecordDict) -> Instruction:
     mu = float(config.get(PROXIMAL_MU, 0.0))
     if not math.isfinite(mu) or mu < 0:
         raise ValueError(f"instruction: '{PROXIMAL_MU}' must be >= 0, got {mu}")
+    trial: dict[str, Any] = {}
+    if TRIAL_CONFIG in config:
+        try:
+            trial = json.loads(str(config[TRIAL_CONFIG]))
+        except ValueError:
+            trial = None  # type: ignore[assignment]
+        if not isinstance(trial, dict):
+            raise ValueError(f"instruction: '{TRIAL_CONFIG}' must be a JSON object of config keys")
     return Instruction(
         arrays=from_array_record(content.array_records[ARRAYS]),
         server_round=int(config.get(SERVER_ROUND, 0)),
         label_names=list(labels),
         proximal_mu=mu,
+        trial=trial,
     )
 
 

@@ -66,6 +66,22 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child that must not outlive this process, even after SIGKILL.
+
+    Linux delivers SIGTERM to the child when its parent dies (PR_SET_PDEATHSIG),
+    so a killed ``fedtext`` command leaves no SuperLink or Ray head behind.
+    Elsewhere it does nothing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 # --- signals ------------------------------------------------------------------------
 
 

@@ -19,11 +19,15 @@ def main(grid: Grid, context: Context) -> None:
     from common.config import FedTextConfig
     from server.outputs import RunRecorder
     from server.rounds import run_federation
+    from server.trials import serve_trials
 
     cfg = FedTextConfig.from_mapping(context.run_config)
     setup_logging(Path(cfg.out) / "server.log")
     try:
-        run_federation(grid, cfg)
+        if cfg.trial_queue:  # a tuning study: its trials, one federation after another
+            serve_trials(grid, cfg)
+        else:
+            run_federation(grid, cfg)
     except Exception as exc:
         # Leave the reason in the run folder: `flwr run` does not report it.
         RunRecorder.mark_failed(cfg.out, f"{type(exc).__name__}: {exc}")

@@ -34,7 +34,8 @@ DEFAULT_PORT = 9091
 
 def server_keys() -> list[str]:
     """Config keys of ``fedtext server``: all but the simulated federation's."""
-    return [k for k in FedTextConfig.keys() if k not in SIMULATION_ONLY_KEYS]
+    keys = FedTextConfig.keys("training") + FedTextConfig.keys("federation")
+    return [k for k in keys if k not in SIMULATION_ONLY_KEYS]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,28 @@ from server.strategies import build_strategy
 log = logging.getLogger("fedtext.server")
 
 
-def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | None = None) -> dict[str, Any]:
+def run_federation(
+    grid: Grid,
+    cfg: FedTextConfig,
+    aggregation: Aggregation | None = None,
+    trial: dict[str, Any] | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train the global model for ``cfg.rounds`` rounds; write the run folder.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid of connected nodes.
+    cfg : FedTextConfig
+        The federation's config (a tuning trial's: the run config with ``trial`` over it).
+    aggregation : Aggregation, optional
+        Defaults to SecAgg+ (or plain with ``secagg`` off).
+    trial : dict, optional
+        A tuning trial's config keys: clients apply them over the run config.
+        A trial writes no checkpoint (it is run again, not resumed).
+    on_round : callable, optional
+        Sees each recorded round; may stop the federation by raising.
 
     Returns
     -------
@@ -85,7 +106,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
     for server_round in range(first, cfg.rounds + 1):
         started = time.perf_counter()
         instructions = list(
-            strategy.configure_train(server_round, arrays, instruction_config(server_round, labels), grid)
+            strategy.configure_train(server_round, arrays, instruction_config(server_round, labels, trial), grid)
         )
         update = aggregation.collect(grid, instructions, from_array_record(arrays), timeout)
         if update is None:
@@ -93,7 +114,7 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
         else:
             arrays = apply_update(strategy, server_round, arrays, update)
             model.load(arrays)
-        evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout)
+        evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout, trial)
         central = model.evaluate(test) if cfg.central_eval else {}
         clients: dict[str, Any] = {
             "trained": update.num_clients if update else 0,
@@ -112,7 +133,10 @@ def run_federation(grid: Grid, cfg: FedTextConfig, aggregation: Aggregation | No
             seconds=time.perf_counter() - started,
             bytes_up_per_client=(update.bytes_up // max(update.num_clients, 1)) if update else 0,
         )
-        save_checkpoint(recorder, server_round, arrays, strategy, cfg)
+        if trial is None:
+            save_checkpoint(recorder, server_round, arrays, strategy, cfg)
+        if on_round is not None:
+            on_round(recorder.doc["rounds"][-1])
     model.save(recorder.out / "model")
     recorder.finish("completed")
     return central
@@ -156,6 +180,7 @@ def evaluate_on_clients(
     arrays: Any,
     labels: list[str],
     timeout: float | None,
+    trial: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Federated evaluation: clients' confusion matrices summed into exact metrics.
 
@@ -166,7 +191,7 @@ def evaluate_on_clients(
         and the bytes sent.
     """
     instructions: list[Message] = list(
-        strategy.configure_evaluate(server_round, arrays, instruction_config(server_round, labels), grid)
+        strategy.configure_evaluate(server_round, arrays, instruction_config(server_round, labels, trial), grid)
     )
     if not instructions:
         return {}, 0

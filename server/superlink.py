@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.config import FedTextConfig, toml_value
-from common.processes import APP_DIR, flower_env, flwr_bin, free_port, stop_process_group
+from common.processes import APP_DIR, die_with_parent, flower_env, flwr_bin, free_port, stop_process_group
 from common.errors import FedTextError
 from server.outputs import final_figures, progress_line
 
@@ -111,7 +111,8 @@ class LocalSuperLink:
         # A new session: stop() can then end the SuperLink and every process it
         # spawned (ServerApp, Ray workers, ClientApps) with one signal.
         self.process = subprocess.Popen(
-            cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._wait_healthy(timeout)
         return self

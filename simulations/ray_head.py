@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from common.errors import FedTextError
-from common.processes import free_port, stop_process_group
+from common.processes import die_with_parent, free_port, stop_process_group
 
 
 class RayHead:
@@ -54,7 +54,8 @@ class RayHead:
                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self._temp}"]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

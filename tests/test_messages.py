@@ -210,3 +210,31 @@ def test_instruction_config_contents() -> None:
     config = instruction_config(4, ["x", "y", "z"])
     assert isinstance(config, ConfigRecord)
     assert dict(config) == {"server-round": 4, "label-names": ["x", "y", "z"]}
+
+
+def test_trial_config_travels_in_instructions_and_is_checked() -> None:
+    from flwr.app import ArrayRecord, RecordDict
+
+    from common.messages import ARRAYS, CONFIG, TRIAL_CONFIG
+
+    config = instruction_config(3, ["a", "b"], {"lr": 0.001, "batch-size": 8})
+    parsed = parse_instruction(RecordDict({ARRAYS: ArrayRecord({}), CONFIG: config}))
+    assert parsed.trial == {"lr": 0.001, "batch-size": 8}
+    assert parse_instruction(RecordDict({ARRAYS: ArrayRecord({}), CONFIG: instruction_config(1, ["a", "b"])})).trial == {}
+    bad = instruction_config(1, ["a", "b"])
+    bad[TRIAL_CONFIG] = "[1, 2]"
+    with pytest.raises(ValueError, match="'trial-config' must be a JSON object"):
+        parse_instruction(RecordDict({ARRAYS: ArrayRecord({}), CONFIG: bad}))
+
+
+def test_a_trial_cannot_move_the_data_or_the_run() -> None:
+    from common.config import FedTextConfig
+    from common.errors import ConfigError
+
+    cfg = FedTextConfig()
+    assert cfg.with_trial({"lr": 0.002, "rounds": 4}).rounds == 4
+    for key in ("data", "client-eval-fraction", "out", "clients", "client-cpus"):
+        with pytest.raises(ConfigError, match=f"'{key}' cannot be set by a trial"):
+            cfg.with_trial({key: "x"})
+    with pytest.raises(ConfigError, match="'lr'"):
+        cfg.with_trial({"lr": 5})

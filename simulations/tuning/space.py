@@ -30,21 +30,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.config import FedTextConfig, read_toml, to_key
+from common.config import NOT_TUNABLE, FedTextConfig, read_toml, to_key
 from common.errors import ConfigError
 from common.recipe import peak_lr
 
 if TYPE_CHECKING:
     import optuna
-
-# Keys that decide which rows the objective is measured on, or where things are
-# written: tuning them would compare trials on different validation sets.
-NOT_TUNABLE = {
-    "data", "test-data", "text-column", "label-column", "labels", "max-examples",
-    "max-test-examples", "test-fraction", "client-eval-fraction", "clients", "partition",
-    "out", "resume", "central-eval",
-}
-
 
 @dataclass(frozen=True)
 class Param:

@@ -10,7 +10,9 @@ The flow of a study, top to bottom (:func:`tune`):
    running when a previous tuner died are marked failed and queued again, so
    no completed trial is lost and none is half-counted. A lock file keeps a
    second tuner off the same storage;
-3. start the shared SuperLink and Ray head (federated trials);
+3. for federated trials, start one Flower run that executes every trial of
+   the study (``trials.FederationRunner``): one SuperLink, one Ray head, one
+   ServerApp and one set of warm client actors;
 4. until the study holds ``--trials`` finished trials: ask the sampler for
    parameters, run the trial (``simulations.tuning.trials``) reporting its
    objective after every round, let the pruner stop it, tell the study;
@@ -306,6 +308,7 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
     """Run the study; return the exit code."""
     import optuna
 
+    session = Session(started=time.perf_counter())
     from common.model import check_model
     from simulations.simulate import check_data, prepare_config
     from simulations.tuning.report import evaluate_best, write_outputs
@@ -326,8 +329,10 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
     echo(f"model {base.model}: {check_model(base, len(labels))}")
     storage_path = options.storage_path()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Optuna marks its matplotlib plots experimental; the warning says nothing to a user.
+    # Optuna marks its matplotlib plots experimental, and says when importances
+    # cannot tell parameters apart: neither says anything to a user.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Target and region quantiles", category=UserWarning)
     out = options.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     _mkdir(storage_path)
@@ -339,11 +344,10 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
         requeue_interrupted(study, echo)
         if options.sampler == "grid":
             enqueue_grid(study, space)
-        session = Session(started=time.perf_counter())
         runner = None
         try:
             if len(finished_trials(study)) < target and not options.centralized:
-                runner = FederationRunner(out / ".flwr").start()
+                runner = FederationRunner(out / ".flwr", base).start()
                 session.setup_s = runner.started_s
             failures = 0
             while len(finished_trials(study)) < target:
@@ -420,10 +424,8 @@ def run_trial(study: Any, space: SearchSpace, base: FedTextConfig, options: Tune
         if trial.should_prune():
             raise StopTrial
 
-    if runner is None:
-        run = run_centralized(cfg, options.objective, report)
-    else:
-        run = runner.run(cfg, options.objective, report)
+    execute = run_centralized if runner is None else runner.run
+    run = execute(trial.number, params, cfg, options.objective, report)
     for key, value in (("status", run.status), ("values", run.values), ("wall_s", round(run.wall_s, 2)),
                        ("rounds_s", round(run.rounds_s, 2)), ("reason", run.reason)):
         trial.set_user_attr(key, value)

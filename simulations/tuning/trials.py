@@ -6,11 +6,10 @@ clients' held-out rows (``clients.evaluate`` in ``metrics.json``: the rows each
 client keeps aside, ``client-eval-fraction``) and reported to the study, whose
 pruner may stop it there.
 
-Federated trials share one SuperLink and one Ray head for the whole study
-(:class:`FederationRunner`): a trial costs one ``flwr run`` submission and its
-own ServerApp and client actors, not a SuperLink and a Ray start. A pruned
-trial is stopped with ``flwr stop``, which ends its ServerApp and its actors.
-Centralized trials run in this process (``simulations.centralized``).
+Federated trials all run inside one Flower run (:class:`FederationRunner`):
+one SuperLink, one Ray head, one ServerApp and one set of client actors for
+the whole study, so a trial costs its rounds and not a start-up. Centralized
+trials run in this process (``simulations.centralized``).
 """
 
 from __future__ import annotations
@@ -83,63 +82,108 @@ def _round_callback(run: TrialRun, metric: str, report: Callable[[int, float], N
 
 
 class FederationRunner:
-    """One SuperLink in simulation mode and one Ray head, for every federated trial of a study.
+    """One Flower run that executes every federated trial of a study.
+
+    A SuperLink in simulation mode and a Ray head start once; one run is
+    submitted with ``trial-queue`` set, and its ServerApp (``server.trials``)
+    takes the trials this runner queues (``common.trial_queue``), one
+    federation after another, on the same warm Ray actors. After each round
+    the runner reports the objective to the study and tells the run to go on
+    or to stop the trial (pruned).
 
     Parameters
     ----------
     home : Path
-        ``FLWR_HOME`` of the shared SuperLink (and Ray's log).
-    num_cpus : int
+        ``FLWR_HOME`` of the SuperLink, Ray's log and the queue folder.
+    base : FedTextConfig
+        The study's base config (trials set their keys over it).
+    num_cpus : int, optional
         CPUs of the Ray head (default: all of this machine's).
     """
 
-    def __init__(self, home: Path, num_cpus: int | None = None) -> None:
+    def __init__(self, home: Path, base: FedTextConfig, num_cpus: int | None = None) -> None:
+        from common.trial_queue import TrialQueue
         from server.superlink import LocalSuperLink
         from simulations.ray_head import RayHead
 
-        self.home = home
+        self.home, self.base = home, base
+        self.queue = TrialQueue(home / "queue")
         self.ray = RayHead(home / "ray.log", num_cpus or os.cpu_count() or 1)
         self.superlink = LocalSuperLink(home=home, simulation=True)
+        self.run_id = 0
         self.started_s = 0.0
 
     def start(self) -> FederationRunner:
+        from server.superlink import write_run_config
+
         started = time.perf_counter()
+        self.queue.reset()
         self.ray.start()
         self.superlink.env_extra["RAY_ADDRESS"] = self.ray.address
         self.superlink.start()
+        cfg = self.base.replace(trial_queue=str(self.queue.folder), central_eval=False)
+        self.run_id = self.superlink.submit(
+            write_run_config(cfg, self.home / "run_config.toml"),
+            {"num-supernodes": cfg.clients, "client-resources-num-cpus": cfg.client_cpus,
+             "client-resources-num-gpus": cfg.client_gpus},
+        )
         self.started_s = time.perf_counter() - started
         return self
 
     def stop(self) -> None:
+        """Close the queue, let the run finish, stop the SuperLink and Ray."""
+        self.queue.close()
+        if self.run_id:
+            try:
+                _wait_finished(self.superlink, self.run_id, timeout=60)
+            except FedTextError:
+                pass  # stopping the SuperLink below ends it anyway
         self.superlink.stop()
         self.ray.stop()
 
-    def run(self, cfg: FedTextConfig, metric: str, report: Callable[[int, float], None]) -> TrialRun:
-        """Run one federated trial; ``report(round, value)`` may raise :class:`StopTrial`."""
-        from server.superlink import CONNECTION, follow_run, write_run_config
-
+    def run(self, number: int, params: dict[str, Any], cfg: FedTextConfig, metric: str,
+            report: Callable[[int, float], None]) -> TrialRun:
+        """Queue trial ``number`` and follow it; ``report(round, value)`` may raise :class:`StopTrial`."""
         run = TrialRun()
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         metrics = out / "metrics.json"
         metrics.unlink(missing_ok=True)
         started = time.perf_counter()
-        run_id = self.superlink.submit(
-            write_run_config(cfg, out / "run_config.toml"),
-            {"num-supernodes": cfg.clients, "client-resources-num-cpus": cfg.client_cpus,
-             "client-resources-num-gpus": cfg.client_gpus},
-        )
-        try:
-            status, details = follow_run(self.superlink, run_id, metrics, _round_callback(run, metric, report))
-        except StopTrial:
-            self.superlink.flwr("stop", str(run_id), CONNECTION, timeout=60)
-            _wait_finished(self.superlink, run_id)
-            run.status = "pruned"
-        else:
-            if status != "finished:completed":
-                run.status, run.reason = "failed", _failure(metrics, details or status)
+        self.queue.put(number, params, str(out))
+        on_round = _round_callback(run, metric, report)
+        shown, last_check = 0, time.monotonic()
+        while (status := self.queue.result(number)) is None:
+            rounds = _rounds(metrics)
+            for entry in rounds[shown:]:
+                shown += 1
+                if entry.get("round", 0) < 1:
+                    continue
+                try:
+                    on_round(entry)
+                except StopTrial:
+                    self.queue.verdict(number, entry["round"], go_on=False)
+                else:
+                    self.queue.verdict(number, entry["round"], go_on=True)
+            if time.monotonic() - last_check > 30:  # the run itself may have died
+                last_check = time.monotonic()
+                state, details = self.superlink.run_status(self.run_id)
+                if state.startswith("finished"):
+                    raise FedTextError(f"the study's Flower run ended ({state} {details}); see {self.home}")
+            time.sleep(0.1)
+        run.status = status.split(":", 1)[0]
+        run.reason = status.split(":", 1)[1].strip() if ":" in status else ""
         run.wall_s = time.perf_counter() - started
         return run
+
+
+def _rounds(metrics: Path) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        return json.loads(metrics.read_text()).get("rounds", [])
+    except (OSError, ValueError):
+        return []
 
 
 def _wait_finished(superlink: Any, run_id: int, timeout: float = 120.0) -> None:
@@ -148,20 +192,11 @@ def _wait_finished(superlink: Any, run_id: int, timeout: float = 120.0) -> None:
         if superlink.run_status(run_id)[0].startswith("finished"):
             return
         time.sleep(1.0)
-    raise FedTextError(f"run {run_id} did not stop within {timeout:.0f}s after `flwr stop`")
+    raise FedTextError(f"run {run_id} did not finish within {timeout:.0f}s")
 
 
-def _failure(metrics: Path, fallback: str) -> str:
-    import json
-
-    try:
-        status = json.loads(metrics.read_text()).get("status", "")
-    except (OSError, ValueError):
-        status = ""
-    return status.removeprefix("failed: ") if status.startswith("failed") else fallback
-
-
-def run_centralized(cfg: FedTextConfig, metric: str, report: Callable[[int, float], None]) -> TrialRun:
+def run_centralized(number: int, params: dict[str, Any], cfg: FedTextConfig, metric: str,
+                    report: Callable[[int, float], None]) -> TrialRun:
     """Run one centralized trial in this process; ``report`` may raise :class:`StopTrial`."""
     from simulations.centralized import centralized
 
