@@ -67,8 +67,9 @@ class FedTextConfig:
     )
     freeze: str = _opt(
         "none",
-        "What stays frozen: none | embeddings | bottom:K (embeddings + first K layers) "
-        "| head (train only pooler + classifier) | lora (LoRA adapters + head).",
+        "What stays frozen: none | embeddings | bottom:K (embeddings + first K blocks) "
+        "| head (all but the head: pooler, final norm, classifier train) | lora (LoRA adapters "
+        "on every block's attention projections + the head train).",
     )
     lora_r: int = _opt(8, "LoRA rank (freeze=lora).")
     lora_alpha: int = _opt(16, "LoRA scaling alpha (freeze=lora).")
@@ -437,6 +438,17 @@ def toml_value(value: bool | int | float | str) -> str:
     run configs, federation configs and node configs are all written this way.
     """
     return json.dumps(value)
+
+
+def config_table() -> str:
+    """The README's table of config keys: key, default, meaning (tests/test_config.py keeps them equal)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(FedTextConfig):
+        if f.metadata["scope"] == "internal":
+            continue
+        meaning = f.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{to_key(f.name)}` | `{toml_value(f.default)}` | {meaning} |")
+    return "\n".join(rows)
 
 
 # --- command line ------------------------------------------------------------

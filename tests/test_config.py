@@ -209,3 +209,14 @@ def test_cli_only_subset() -> None:
     assert config_from_args(args) == FedTextConfig(lr=0.001)
     with pytest.raises(SystemExit):
         parser.parse_args(["--seed", "1"])
+
+
+def test_readme_lists_every_key_with_its_default_and_help() -> None:
+    from pathlib import Path
+
+    from common.config import config_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin = readme.index("<!-- config:begin")
+    table = readme[readme.index("\n", begin) + 1 : readme.index("<!-- config:end -->")].strip()
+    assert table == config_table(), "README's config table is stale: regenerate it with config_table()"
