@@ -55,6 +55,12 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
             # Ray's dashboard and usage stats reach for the network; not needed.
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_DEDUP_LOGS": "0",
+            # Without an address, ray.init() connects to whatever cluster
+            # /tmp/ray/ray_current_cluster names: a dead one left by a killed
+            # run (the simulation then fails after a long timeout) or someone
+            # else's. "local" starts a fresh instance; a RAY_ADDRESS the user
+            # set is kept (a cluster of their own).
+            "RAY_ADDRESS": os.environ.get("RAY_ADDRESS") or "local",
             "PYTHONUNBUFFERED": "1",
         }
     )

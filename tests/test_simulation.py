@@ -10,6 +10,7 @@ loads. It takes a few minutes on 2 cores: most of it is Ray and per-actor import
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,20 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--max-examples", "330", "--max-test-examples", "150", "--batch-size", "16",
         "--local-epochs", "2", "--lr", "2e-3", "--seed", "7", "--out", str(out),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # A killed Ray leaves its address in /tmp/ray/ray_current_cluster, and a bare
+    # ray.init() connects to it (and fails after a long timeout): the
+    # simulation must start its own Ray instead.
+    stale = Path("/tmp/ray/ray_current_cluster")
+    saved = stale.read_text() if stale.exists() else None
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("127.0.0.1:9\n")  # nothing listens there
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    finally:
+        if saved is None:
+            stale.unlink(missing_ok=True)
+        else:
+            stale.write_text(saved)
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0, f"simulate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert "round 2/2" in proc.stdout  # per-round progress was shown
@@ -66,12 +80,18 @@ def test_secure_upload_costs_about_four_bytes_per_parameter(run_dir: Path) -> No
 
 
 def test_saved_model_loads_in_pipeline(run_dir: Path) -> None:
-    from transformers import pipeline
-
+    """In a fresh interpreter, as a user would: the folder carries its mean-pooling modeling code."""
     labels = json.loads((run_dir / "model" / "labels.json").read_text())
     assert labels == ["business", "entertainment", "politics", "sports", "tech"]
-    clf = pipeline("text-classification", model=str(run_dir / "model"))
-    out = clf(["Shares fell sharply as the bank reported lower quarterly profits."])
+    code = (
+        "import json, sys; from transformers import pipeline; "
+        f"clf = pipeline('text-classification', model={str(run_dir / 'model')!r}, trust_remote_code=True); "
+        "print(json.dumps(clf(['Shares fell sharply as the bank reported lower quarterly profits.'])))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out[0]["label"] in labels
     assert 0.0 <= out[0]["score"] <= 1.0
 
