@@ -5,7 +5,8 @@ The server's round loop (``server.rounds.run_federation``), the aggregation
 training code all run as in a simulation; only the transport is replaced: no
 SuperLink, no Ray, no processes. Each node keeps its own Context between
 messages, as a SuperNode does. Tests use it where a real simulation would
-cost a minute per configuration (every strategy, every freezing policy).
+cost a minute per configuration (every strategy, every freezing policy), and
+``simulations.recipe_sweep`` for the nodes its strategies sample.
 """
 
 from __future__ import annotations
