@@ -121,7 +121,9 @@ class FedTextConfig:
 
     # --- local training -----------------------------------------------------
     batch_size: int = _opt(16, "Examples per optimizer micro-batch.")
-    local_epochs: float = _opt(1.0, "Passes over the local data per round.")
+    local_epochs: float = _opt(
+        0.5, "Passes over the local data per round (the run's total: rounds x local-epochs)."
+    )
     local_steps: int = _opt(
         0, "Optimizer steps per round; when > 0 it replaces local-epochs."
     )
@@ -147,7 +149,9 @@ class FedTextConfig:
     )
 
     # --- federation ---------------------------------------------------------
-    rounds: int = _opt(3, "Federated rounds.")
+    rounds: int = _opt(
+        10, "Federated rounds (centralized: as many slices of local-epochs over the union)."
+    )
     strategy: str = _opt("fedavg", "Server strategy: " + " | ".join(STRATEGIES) + ".", scope="federation")
     server_lr: float = _opt(
         0.0,

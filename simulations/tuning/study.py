@@ -308,11 +308,11 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
     """Run the study; return the exit code."""
     import optuna
 
-    session = Session(started=time.perf_counter())
     from common.model import check_model
     from simulations.simulate import check_data, prepare_config
     from simulations.tuning.report import evaluate_best, write_outputs
 
+    session = Session(started=time.perf_counter())  # the share outside rounds counts the checks too
     check_options(options)
     base = prepare_config(base)
     check_base(base, options)
