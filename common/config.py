@@ -155,11 +155,16 @@ class FedTextConfig:
     strategy: str = _opt("fedavg", "Server strategy: " + " | ".join(STRATEGIES) + ".", scope="federation")
     server_lr: float = _opt(
         0.0,
-        "Server learning rate (eta) for fedadam/fedyogi/fedadagrad/fedavgm "
-        "(0 = the strategy's own default).",
+        "Server learning rate (eta) for fedadam/fedyogi/fedadagrad/fedavgm; 0 = fedtext's "
+        "default (fedavgm 1; the adaptive ones 3.3 x the client lr).",
         scope="federation",
     )
-    server_momentum: float = _opt(0.9, "Server momentum for fedavgm.", scope="federation")
+    server_tau: float = _opt(
+        0.0,
+        "Adaptivity tau of fedadam/fedyogi/fedadagrad; 0 = 0.33 x the client lr.",
+        scope="federation",
+    )
+    server_momentum: float = _opt(0.5, "Server momentum for fedavgm.", scope="federation")
     fraction_train: float = _opt(1.0, "Share of connected clients sampled to train.", scope="federation")
     fraction_evaluate: float = _opt(
         1.0, "Share of connected clients sampled to evaluate (0 = central only).",
@@ -371,6 +376,7 @@ def validate(cfg: FedTextConfig) -> None:
     _check(cfg.rounds >= 1, "rounds", ">= 1", cfg.rounds)
     _check(cfg.strategy in STRATEGIES, "strategy", " | ".join(STRATEGIES), cfg.strategy)
     _check(cfg.server_lr >= 0, "server-lr", ">= 0", cfg.server_lr)
+    _check(cfg.server_tau >= 0, "server-tau", ">= 0", cfg.server_tau)
     _check(0.0 <= cfg.server_momentum < 1.0, "server-momentum", "in [0, 1)",
            cfg.server_momentum)
     _check(0.0 < cfg.fraction_train <= 1.0, "fraction-train", "in (0, 1]",

@@ -76,7 +76,7 @@ IDENTITY_KEYS = (
     "model", "num-hidden-layers", "freeze", "lora-r", "lora-alpha", "lora-dropout",
     "data", "test-data", "text-column", "label-column", "labels", "max-examples",
     "max-test-examples", "test-fraction", "client-eval-fraction", "clients", "partition",
-    "strategy", "server-lr", "server-momentum", "seed",
+    "strategy", "server-lr", "server-tau", "server-momentum", "seed",
 )
 
 

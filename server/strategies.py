@@ -21,16 +21,34 @@ from flwr.serverapp.strategy import (
 from common.config import FedTextConfig
 from common.recipe import peak_lr
 
-# Flower's FedOpt defaults (eta = 0.1 or 0.01) suit small CNNs trained from
-# scratch. An adaptive server step of that size on every weight of a pretrained
-# transformer wipes out what it learned; a few local AdamW steps at 5e-5 move a
-# weight by ~1e-3, so the server step is of that order.
-DEFAULT_SERVER_LR = {"fedadam": 1e-3, "fedyogi": 1e-3, "fedadagrad": 1e-3, "fedavgm": 1.0}
+# The adaptive server optimizers (FedAdam, FedYogi, FedAdagrad) move each weight
+# by eta * m / (sqrt(v) + tau). For an update much larger than tau that is about
+# eta whatever the update's size; for one much smaller, about eta / tau times it.
+# Flower's defaults (eta 0.1 or 0.01, tau 1e-3) suit small networks trained from
+# scratch; on a pretrained transformer, whose weights move by a few local lr
+# steps per round, a step of 0.01 on every weight wipes out what it learned, and
+# tau 1e-3 dwarfs most updates (nothing moves). So both scale with the client's
+# peak lr: eta = ETA_PER_LR x lr, tau = TAU_PER_LR x lr (docs/TUNING.md says
+# which runs chose the factors).
+ETA_PER_LR = {"fedadam": 3.3, "fedyogi": 3.3, "fedadagrad": 3.3}
+TAU_PER_LR = 0.33
+# FedAvgM: a plain step (server lr 1) with momentum 0.5 accelerates without the
+# overshoot momentum 0.9 shows over 10 rounds.
+FEDAVGM_SERVER_LR = 1.0
 
 
 def server_learning_rate(cfg: FedTextConfig) -> float:
     """``server-lr``, or fedtext's default for the strategy when it is 0."""
-    return cfg.server_lr or DEFAULT_SERVER_LR.get(cfg.strategy, 1.0)
+    if cfg.server_lr:
+        return cfg.server_lr
+    if cfg.strategy in ETA_PER_LR:
+        return ETA_PER_LR[cfg.strategy] * peak_lr(cfg)
+    return FEDAVGM_SERVER_LR
+
+
+def server_tau(cfg: FedTextConfig) -> float:
+    """``server-tau``, or fedtext's default (relative to the client lr) when it is 0."""
+    return cfg.server_tau or TAU_PER_LR * peak_lr(cfg)
 
 
 def build_strategy(cfg: FedTextConfig) -> Strategy:
@@ -48,12 +66,13 @@ def build_strategy(cfg: FedTextConfig) -> Strategy:
         return FedAvg(**sampling)
     if name == "fedprox":
         return FedProx(**sampling, proximal_mu=cfg.proximal_mu or 0.01)
+    adaptive = {"eta": eta, "eta_l": peak_lr(cfg), "tau": server_tau(cfg)}
     if name == "fedadam":
-        return FedAdam(**sampling, eta=eta, eta_l=peak_lr(cfg))
+        return FedAdam(**sampling, **adaptive)
     if name == "fedyogi":
-        return FedYogi(**sampling, eta=eta, eta_l=peak_lr(cfg))
+        return FedYogi(**sampling, **adaptive)
     if name == "fedadagrad":
-        return FedAdagrad(**sampling, eta=eta, eta_l=peak_lr(cfg))
+        return FedAdagrad(**sampling, **adaptive)
     if name == "fedavgm":
         return FedAvgM(**sampling, server_learning_rate=eta, server_momentum=cfg.server_momentum)
     raise ValueError(f"unknown strategy {name!r}")  # unreachable: config validated

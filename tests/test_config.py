@@ -98,6 +98,7 @@ BAD_VALUES = [
     ("rounds", 0),
     ("strategy", "fedsgd"),
     ("server-lr", -1.0),
+    ("server-tau", -1e-3),
     ("server-momentum", 1.0),
     ("fraction-train", 0.0),
     ("fraction-train", 1.5),

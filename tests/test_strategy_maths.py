@@ -197,8 +197,16 @@ def test_strategy_settings_follow_the_config() -> None:
     cfg = FedTextConfig(strategy="fedavgm", server_lr=0.3, server_momentum=0.7)
     s = build_strategy(cfg)
     assert (s.server_learning_rate, s.server_momentum, s.server_opt) == (0.3, 0.7, True)
-    assert build_strategy(FedTextConfig(strategy="fedadam")).eta == 1e-3
-    assert build_strategy(FedTextConfig(strategy="fedyogi", server_lr=0.02)).eta == 0.02
+    # The adaptive optimizers' step and tau follow the client's peak lr unless given.
+    adam = build_strategy(FedTextConfig(strategy="fedadam", freeze="head"))
+    head_lr = FedTextConfig(freeze="head").replace(lr=0.0)
+    from common.recipe import peak_lr
+    from server.strategies import ETA_PER_LR, TAU_PER_LR
+
+    assert adam.eta == pytest.approx(ETA_PER_LR["fedadam"] * peak_lr(head_lr))
+    assert adam.tau == pytest.approx(TAU_PER_LR * peak_lr(head_lr)) and adam.eta_l == peak_lr(head_lr)
+    given = build_strategy(FedTextConfig(strategy="fedyogi", server_lr=0.02, server_tau=1e-6))
+    assert (given.eta, given.tau) == (0.02, 1e-6)
     assert build_strategy(FedTextConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
     s = build_strategy(FedTextConfig(min_clients=3, fraction_evaluate=0.0))
     assert (s.min_train_nodes, s.min_available_nodes, s.min_evaluate_nodes) == (3, 3, 0)
