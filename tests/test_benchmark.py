@@ -25,7 +25,8 @@ from simulations.benchmark import (
 )
 
 DATASETS = ["rotten_tomatoes", "bbc_news"]
-PLAN = plan(DATASETS, {"rotten_tomatoes": 2000, "bbc_news": 2000}, 1000, clients=4, seed=42)
+PLAN = plan(DATASETS, {"rotten_tomatoes": 2000, "bbc_news": 2000}, 1000, clients=4, seed=42,
+            policy_baselines=True, extra=("iid", "no-secagg"))
 # What a federated run may change from its centralized baseline (federation-only keys).
 FEDERATION_ONLY = {"strategy", "secagg"}
 
