@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="runs/demo/model", help="A saved model folder (default: the demo's).")
     p.add_argument("--data", default="packaged:rotten_tomatoes", help="Labeled data the model was tested on.")
-    p.add_argument("--test-texts", type=int, default=1000, help="Held-out texts for the export table.")
+    p.add_argument("--test-texts", type=int, default=500, help="Held-out texts for the export table (the demo's 500).")
     p.add_argument("--seconds", type=float, default=60, help="Length of each load run.")
     p.add_argument("--clients", type=int, default=16, help="Concurrent clients of the served runs.")
     p.add_argument("--overload-clients", type=int, default=64, help="Clients of the overload run.")
