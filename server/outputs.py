@@ -27,9 +27,14 @@ class RunRecorder:
         The run's validated config, stored alongside the rounds.
     extra : dict
         Anything else worth keeping with the figures (labels, model sizes).
+    plot_every_round : bool
+        Redraw ``rounds.png`` after every round (a user watching a long run);
+        tuning trials draw it once, at the end.
     """
 
-    def __init__(self, out: str | Path, config: dict[str, Any], extra: dict[str, Any]) -> None:
+    def __init__(self, out: str | Path, config: dict[str, Any], extra: dict[str, Any],
+                 plot_every_round: bool = True) -> None:
+        self.plot_every_round = plot_every_round
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "metrics.json"
@@ -59,7 +64,8 @@ class RunRecorder:
         self.doc["rounds"].append(entry)
         self.doc["final_central"] = central
         self._write()
-        plot_rounds(self.doc, self.out / "rounds.png")
+        if self.plot_every_round:
+            plot_rounds(self.doc, self.out / "rounds.png")
         log.info("%s", progress_line(entry, self.doc["config"].get("rounds")))
 
     def restore(self, previous: dict[str, Any], **extra: Any) -> None:
@@ -71,11 +77,12 @@ class RunRecorder:
         self._write()
 
     def finish(self, status: str, **extra: Any) -> None:
-        """Mark the run finished (``completed`` or ``failed: reason``)."""
+        """Mark the run finished (``completed`` or ``failed: reason``); draw its plots."""
         self.doc["status"] = status
         self.doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.doc.update(extra)
         self._write()
+        plot_rounds(self.doc, self.out / "rounds.png")
         final = self.doc.get("final_central", {})
         if "confusion_matrix" in final:
             plot_confusion(final["confusion_matrix"], self.doc.get("labels", []), self.out / "confusion.png",

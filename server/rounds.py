@@ -94,7 +94,8 @@ def run_federation(
     # refused resume must leave the run folder's history as it was.
     checkpoint = load_for_resume(cfg) if cfg.resume else None
     arrays = resume_from(checkpoint, model, strategy) if checkpoint else model.arrays()
-    recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()})
+    recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": labels, "model": model.sizes()},
+                           plot_every_round=trial is None)
     timeout = cfg.round_timeout or None
 
     if checkpoint is None:

@@ -47,8 +47,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def write_outputs(study: Any, out: Path, options: Any, session: Any, base: FedTextConfig,
-                  best: dict[str, Any] | None = None) -> None:
-    """Rewrite the study's outputs from the storage (safe to call after every trial)."""
+                  best: dict[str, Any] | None = None, plots: bool = True) -> None:
+    """Rewrite the study's outputs from the storage (after every trial: the tables only)."""
     import pandas as pd
 
     rows = trial_rows(study)
@@ -57,7 +57,8 @@ def write_outputs(study: Any, out: Path, options: Any, session: Any, base: FedTe
     (out / "summary.json").write_text(json.dumps(
         {"study": options.study_name, "objective": options.objective,
          "mode": "centralized" if options.centralized else "federated", **session.summary()}, indent=1) + "\n")
-    _plots(study, out, options)
+    if plots:
+        _plots(study, out, options)
     if best is not None:
         write_best_toml(base, best["params"], out / "best.toml")
         (out / "best.json").write_text(json.dumps(best, indent=1) + "\n")

@@ -354,7 +354,7 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
                 run = run_trial(study, space, base, options, out, runner, echo)
                 session.add(run)
                 failures = failures + 1 if run.status == "failed" else 0
-                write_outputs(study, out, options, session, base)
+                write_outputs(study, out, options, session, base, plots=False)
                 if failures >= CONSECUTIVE_FAILURES:
                     raise FedTextError(f"{failures} trials in a row failed (last: {run.reason}); "
                                        f"see {out / 'trials'}")
