@@ -22,7 +22,7 @@ from common.config import FedTextConfig
 from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
 from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
-from common.model import build_model, load_tokenizer, pick_device, silence_transformers
+from common.model import MODEL_FIELDS, build_model, load_tokenizer, pick_device, silence_transformers
 from common.recipe import round_span
 from common.splits import client_file_data, simulated_client_data
 from common.training import evaluate_model, train_model
@@ -64,7 +64,6 @@ def _data_source(context: Context) -> tuple[str, int, int]:
 # overwritten by each instruction, so a cached model carries no state across.
 # The caches are keyed by the fields that shape the model or pick the rows
 # only, so that tuning trials that change the lr or the rounds reuse them.
-MODEL_FIELDS = ("model", "num_hidden_layers", "pooling", "freeze", "lora_r", "lora_alpha", "lora_dropout", "seed")
 ROWS_FIELDS = ("data", "test_data", "text_column", "label_column", "labels", "max_examples", "max_test_examples",
                "test_fraction", "client_eval_fraction", "partition", "seed")
 

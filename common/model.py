@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGED_ALIASES = (PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}")
+# The config fields that shape the built model: two configs equal on these build
+# the same model, so a cache keyed by them (``cfg.only(*MODEL_FIELDS)``) serves both.
+MODEL_FIELDS = ("model", "num_hidden_layers", "pooling", "freeze", "lora_r", "lora_alpha", "lora_dropout", "seed")
 
 
 def resolve_model_path(name: str) -> str:

@@ -60,6 +60,7 @@ def run_federation(
     aggregation: Aggregation | None = None,
     trial: dict[str, Any] | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    model: GlobalModel | None = None,
 ) -> dict[str, Any]:
     """Train the global model for ``cfg.rounds`` rounds; write the run folder.
 
@@ -76,6 +77,9 @@ def run_federation(
         A trial writes no checkpoint (it is run again, not resumed).
     on_round : callable, optional
         Sees each recorded round; may stop the federation by raising.
+    model : GlobalModel, optional
+        An already built global model at its initial weights (a tuning study
+        reuses one across trials that build the same model).
 
     Returns
     -------
@@ -85,7 +89,7 @@ def run_federation(
     aggregation = aggregation or (SecureAggregation(cfg) if cfg.secagg else PlainAggregation())
     test = server_test_set(cfg)
     labels = test.label_names
-    model = GlobalModel(cfg, labels)
+    model = model or GlobalModel(cfg, labels)
     log.info("%s", model.describe())
     log.info("aggregation: %s", "SecAgg+ (server sees only the sum)" if cfg.secagg else "plain (--no-secagg)")
     log.info("server test set: %d rows from %s; labels: %s", len(test), test.source, ", ".join(labels))

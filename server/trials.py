@@ -24,7 +24,9 @@ from typing import Any
 from flwr.serverapp import Grid
 
 from common.config import FedTextConfig
+from common.model import MODEL_FIELDS
 from common.trial_queue import QueueClosed, TrialQueue
+from server.global_model import GlobalModel
 from server.rounds import run_federation
 
 log = logging.getLogger("fedtext.server")
@@ -35,9 +37,30 @@ class _Pruned(Exception):
     pass
 
 
+class _ModelCache:
+    """The server's global model, built once per distinct model and reset to its initial weights."""
+
+    def __init__(self) -> None:
+        self._built: dict[FedTextConfig, tuple[GlobalModel, Any]] = {}
+
+    def get(self, cfg: FedTextConfig) -> GlobalModel:
+        from common.splits import server_test_set
+
+        key = cfg.only(*MODEL_FIELDS)
+        if key not in self._built:
+            self._built.clear()  # one model at a time in memory
+            model = GlobalModel(cfg, server_test_set(cfg).label_names)
+            self._built[key] = (model, model.arrays())
+        model, initial = self._built[key]
+        model.load(initial)
+        model.cfg = cfg  # evaluation batch and length, the saved card: this trial's
+        return model
+
+
 def serve_trials(grid: Grid, cfg: FedTextConfig) -> int:
     """Run the queued trials; return how many ran."""
     queue = TrialQueue(cfg.trial_queue)
+    models = _ModelCache()
     last, ran = -1, 0
     while True:
         try:
@@ -58,7 +81,7 @@ def serve_trials(grid: Grid, cfg: FedTextConfig) -> int:
                 raise _Pruned
 
         try:
-            run_federation(grid, trial_cfg, trial=params, on_round=verdict)
+            run_federation(grid, trial_cfg, trial=params, on_round=verdict, model=models.get(trial_cfg))
         except _Pruned:
             queue.done(last, "pruned")
         except QueueClosed:
