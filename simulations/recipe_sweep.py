@@ -14,7 +14,9 @@ with real simulations by ``simulations.benchmark``.
 Each argument is ``KEY=VALUE`` (config keys), plus ``mode=fed|central`` and an
 optional ``tag=...``; ``server_tau=X`` overrides the FedOpt strategies' tau.
 One JSON line comes out: the accuracy and macro F1 on the server's test set
-after every round. ``--jobs FILE`` runs one such line of arguments per line.
+after every round. ``--jobs FILE`` runs one such line of arguments per line;
+``--report FILE`` prints a JSON-lines file of results as a markdown table
+(docs/TUNING.md's, from docs/benchmarks/recipe_sweep.jsonl).
 """
 
 from __future__ import annotations
@@ -99,11 +101,32 @@ def run(argv: list[str]) -> dict[str, Any]:
             "sec": round(time.time() - started), "sizes": [len(s) for s in shares], "ntest": len(test)}
 
 
+SHOWN = ("data", "partition", "freeze", "lr", "rounds", "local-epochs", "lr-schedule", "warmup-ratio",
+         "strategy", "server-lr", "server_tau", "server-momentum", "seed")
+
+
+def report(path: str) -> str:
+    """A markdown table of a JSON-lines file of results (one row per run, in file order)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    head = "| # | run | dataset | partition | freeze | lr | rounds x local epochs | other | acc by round | acc | macro F1 |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, start=1):
+        other = " ".join(f"{k}={r[k]}" for k in SHOWN[6:] if k in r)
+        curve = " ".join(f"{a:.2f}" for a in r["acc"][1:])
+        lines.append(f"| {i} | {r['mode']} | {r.get('data', '').removeprefix('packaged:')} | {r.get('partition', 'iid')} "
+                     f"| {r.get('freeze', 'none')} | {r['lr_used']:g} | {r.get('rounds', 10)} x {r.get('local-epochs', 0.5)} "
+                     f"| {other} | {curve} | {r['final_acc']:.3f} | {r['final_f1']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--report"]:
+        print(report(args[1]))
+        return 0
     if args[:1] == ["--jobs"]:
         jobs = [line.split() for line in open(args[1]) if line.strip() and not line.startswith("#")]
     else:
