@@ -109,7 +109,8 @@ def _train_rows(run: Path) -> int:
 
 @pytest.mark.slow
 def test_a_tiny_centralized_run_is_measured_and_can_be_reused(tmp_path: Path) -> None:
-    tiny = plan(["bbc_news"], {"bbc_news": 60}, 30, clients=3, seed=1, num_hidden_layers=1)
+    tiny = plan(["bbc_news"], {"bbc_news": 60}, 30, clients=3, seed=1, num_hidden_layers=1,
+                policy_baselines=True)
     scenario = next(s for s in tiny if s.name == "centralized-head")
     scenario = replace(scenario, flags={**scenario.flags, "max-length": 32, "rounds": 1, "local-epochs": 1.0,
                                         "batch-size": 16})

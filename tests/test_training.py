@@ -130,11 +130,11 @@ def test_local_steps_override_epochs(rows, tokenizer) -> None:  # noqa: ANN001
 @pytest.mark.parametrize(
     ("n", "changes", "expected"),
     [
-        (100, {"batch_size": 16}, 7),
+        (100, {"batch_size": 16, "local_epochs": 1.0}, 7),
         (100, {"batch_size": 16, "local_epochs": 0.5}, 4),
         (100, {"batch_size": 16, "local_epochs": 2.5}, 18),
         (1, {"batch_size": 16, "local_epochs": 0.1}, 1),
-        (100, {"batch_size": 8, "grad_accum_steps": 4}, 4),
+        (100, {"batch_size": 8, "grad_accum_steps": 4, "local_epochs": 1.0}, 4),
     ],
 )
 def test_planned_steps(n: int, changes: dict, expected: int) -> None:
