@@ -156,12 +156,12 @@ class FedTextConfig:
     server_lr: float = _opt(
         0.0,
         "Server learning rate (eta) for fedadam/fedyogi/fedadagrad/fedavgm; 0 = fedtext's "
-        "default (fedavgm 1; the adaptive ones 3.3 x the client lr).",
+        "default (fedavgm 1; fedadam 12, fedyogi and fedadagrad 3 x the client lr).",
         scope="federation",
     )
     server_tau: float = _opt(
         0.0,
-        "Adaptivity tau of fedadam/fedyogi/fedadagrad; 0 = 0.33 x the client lr.",
+        "Adaptivity tau of fedadam/fedyogi/fedadagrad; 0 = 3 x the client lr.",
         scope="federation",
     )
     server_momentum: float = _opt(0.5, "Server momentum for fedavgm.", scope="federation")

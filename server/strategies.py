@@ -26,12 +26,21 @@ from common.recipe import peak_lr
 # eta whatever the update's size; for one much smaller, about eta / tau times it.
 # Flower's defaults (eta 0.1 or 0.01, tau 1e-3) suit small networks trained from
 # scratch; on a pretrained transformer, whose weights move by a few local lr
-# steps per round, a step of 0.01 on every weight wipes out what it learned, and
-# tau 1e-3 dwarfs most updates (nothing moves). So both scale with the client's
-# peak lr: eta = ETA_PER_LR x lr, tau = TAU_PER_LR x lr (docs/TUNING.md says
-# which runs chose the factors).
-ETA_PER_LR = {"fedadam": 3.3, "fedyogi": 3.3, "fedadagrad": 3.3}
-TAU_PER_LR = 0.33
+# steps per round, a step of 0.01 on every weight wipes out what it learned.
+# So eta and tau follow the client's peak lr. tau = 3 x lr keeps the many small,
+# noisy coordinates in the linear regime (moved like FedAvg moves them, not
+# blown up to eta), and eta / tau makes that linear step about FedAvg's: 1 for
+# FedYogi and FedAdagrad, 4 for FedAdam, whose bias correction scales its step
+# by sqrt(1 - beta_2^t) (0.14 to 0.33 over 10 rounds). The few large updates
+# are capped near eta: the adaptive part.
+ETA_PER_LR = {"fedadam": 12.0, "fedyogi": 3.0, "fedadagrad": 3.0}
+TAU_PER_LR = 3.0
+# No server momentum (beta_1 = 0) for FedAdam and FedYogi. Momentum keeps
+# applying the large updates of the early, high-lr rounds after the run's lr
+# schedule has annealed the clients' steps; under label skew it swings the head
+# from one class to the other in the last rounds (FedAdam with beta_1 0.9 peaked
+# at 0.78 in round 6 and ended at 0.66; with 0, 0.80: docs/TUNING.md).
+ADAPTIVE_BETA_1 = 0.0
 # FedAvgM: a plain step (server lr 1) with momentum 0.5 accelerates without the
 # overshoot momentum 0.9 shows over 10 rounds.
 FEDAVGM_SERVER_LR = 1.0
@@ -68,9 +77,9 @@ def build_strategy(cfg: FedTextConfig) -> Strategy:
         return FedProx(**sampling, proximal_mu=cfg.proximal_mu or 0.01)
     adaptive = {"eta": eta, "eta_l": peak_lr(cfg), "tau": server_tau(cfg)}
     if name == "fedadam":
-        return FedAdam(**sampling, **adaptive)
+        return FedAdam(**sampling, **adaptive, beta_1=ADAPTIVE_BETA_1)
     if name == "fedyogi":
-        return FedYogi(**sampling, **adaptive)
+        return FedYogi(**sampling, **adaptive, beta_1=ADAPTIVE_BETA_1)
     if name == "fedadagrad":
         return FedAdagrad(**sampling, **adaptive)
     if name == "fedavgm":

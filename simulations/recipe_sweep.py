@@ -12,7 +12,8 @@ changes updates by ~1e-7; docs/SECAGG.md). The chosen recipe is then checked
 with real simulations by ``simulations.benchmark``.
 
 Each argument is ``KEY=VALUE`` (config keys), plus ``mode=fed|central`` and an
-optional ``tag=...``; ``server_tau=X`` overrides the FedOpt strategies' tau.
+optional ``tag=...``; ``server_tau=X`` and ``server_beta_1=X`` override the FedOpt
+strategies' tau and beta_1.
 One JSON line comes out: the accuracy and macro F1 on the server's test set
 after every round. ``--jobs FILE`` runs one such line of arguments per line;
 ``--report FILE`` prints a JSON-lines file of results as a markdown table
@@ -51,7 +52,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     silence_transformers()
     kv = dict(a.split("=", 1) for a in argv)
     mode, tag = kv.pop("mode", "fed"), kv.pop("tag", "")
-    tau = float(kv.pop("server_tau")) if "server_tau" in kv else None
+    # Strategy attributes no config key sets, for what-ifs: server_tau=X, server_beta_1=X.
+    overrides = {k: float(kv.pop(k)) for k in ("server_tau", "server_beta_1") if k in kv}
     cfg = FedTextConfig.from_mapping({"secagg": False, "min-clients": 1, **kv})
     test, pool = server_test_set_and_pool(cfg)
     labels = test.label_names
@@ -75,8 +77,8 @@ def run(argv: list[str]) -> dict[str, Any]:
             record()
     else:
         strategy = build_strategy(cfg)
-        if tau is not None:
-            strategy.tau = tau
+        for key, value in overrides.items():
+            setattr(strategy, key.removeprefix("server_"), value)
         client = build_model(cfg, labels)
         arrays, grid = server.arrays(), InProcessGrid(cfg)
         mu = cfg.proximal_mu or (0.01 if cfg.strategy == "fedprox" else 0.0)
@@ -96,13 +98,13 @@ def run(argv: list[str]) -> dict[str, Any]:
             arrays = apply_update(strategy, r, arrays, RoundUpdate(mean, total, cfg.clients))
             server.load(arrays)
             record()
-    return {"tag": tag, "mode": mode, **kv, **({"server_tau": tau} if tau is not None else {}),
+    return {"tag": tag, "mode": mode, **kv, **overrides,
             "lr_used": peak_lr(cfg), "acc": accuracy, "f1": f1, "final_acc": accuracy[-1], "final_f1": f1[-1],
             "sec": round(time.time() - started), "sizes": [len(s) for s in shares], "ntest": len(test)}
 
 
 SHOWN = ("data", "partition", "freeze", "lr", "rounds", "local-epochs", "lr-schedule", "warmup-ratio",
-         "strategy", "server-lr", "server_tau", "server-momentum", "seed")
+         "strategy", "server-lr", "server-tau", "server_tau", "server_beta_1", "server-momentum", "seed")
 
 
 def report(path: str) -> str:
@@ -113,7 +115,7 @@ def report(path: str) -> str:
     for i, r in enumerate(rows, start=1):
         other = " ".join(f"{k}={r[k]}" for k in SHOWN[6:] if k in r)
         curve = " ".join(f"{a:.2f}" for a in r["acc"][1:])
-        lines.append(f"| {i} | {r['mode']} | {r.get('data', '').removeprefix('packaged:')} | {r.get('partition', 'iid')} "
+        lines.append(f"| {i} | {r['mode']} {r.get('tag', '')} | {r.get('data', '').removeprefix('packaged:')} | {r.get('partition', 'iid')} "
                      f"| {r.get('freeze', 'none')} | {r['lr_used']:g} | {r.get('rounds', 10)} x {r.get('local-epochs', 0.5)} "
                      f"| {other} | {curve} | {r['final_acc']:.3f} | {r['final_f1']:.3f} |")
     return "\n".join(lines)

@@ -205,6 +205,7 @@ def test_strategy_settings_follow_the_config() -> None:
 
     assert adam.eta == pytest.approx(ETA_PER_LR["fedadam"] * peak_lr(head_lr))
     assert adam.tau == pytest.approx(TAU_PER_LR * peak_lr(head_lr)) and adam.eta_l == peak_lr(head_lr)
+    assert adam.beta_1 == 0.0 == build_strategy(FedTextConfig(strategy="fedyogi")).beta_1
     given = build_strategy(FedTextConfig(strategy="fedyogi", server_lr=0.02, server_tau=1e-6))
     assert (given.eta, given.tau) == (0.02, 1e-6)
     assert build_strategy(FedTextConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
