@@ -328,7 +328,7 @@ def markdown_tables(rows: list[dict[str, Any]], datasets: list[str]) -> str:
         for row in (r for r in rows if r["dataset"] == ds):
             fail = "" if row["exit_code"] == 0 else f" (failed, exit {row['exit_code']})"
             lines.append(
-                f"| {row['name']}{fail} | {row['flags']['freeze']} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} "
+                f"| {row['name']}{fail} | {row['flags'].get('freeze', REFERENCE_FREEZE)} | {row['accuracy']:.4f} | {row['f1_macro']:.4f} "
                 f"| {_fmt(row.get('accuracy_ratio'))} | {_fmt(row.get('f1_ratio'))} | {row['wall_seconds']:.0f} "
                 f"| {_fmt(row.get('wall_ratio'), 2)} | {_fmt(row.get('round_time_ratio'), 2)} "
                 f"| {_fmt(row.get('later_rounds_ratio'), 2)} "
@@ -406,7 +406,7 @@ def plot_dataset(rows: list[dict[str, Any]], ds: str, path: Path) -> None:
     bars.set_xlim(max(0.0, lo - 0.1), 1.0)
     bars.grid(axis="x", alpha=0.3)
     for r in mine:
-        if r["flags"]["freeze"] == REFERENCE_FREEZE or r["command"] == "centralized":
+        if r["flags"].get("freeze", REFERENCE_FREEZE) == REFERENCE_FREEZE or r["command"] == "centralized":
             curves.plot(range(len(r["accuracy_by_round"])), r["accuracy_by_round"], marker="o",
                         linestyle="--" if r["command"] == "centralized" else "-", label=r["name"])
     curves.set_xlabel("round (centralized: epoch)")

@@ -127,3 +127,14 @@ def test_a_tiny_centralized_run_is_measured_and_can_be_reused(tmp_path: Path) ->
     other = Scenario(scenario.name, scenario.dataset, scenario.command, {**scenario.flags, "seed": 2},
                      scenario.baseline)
     assert reused_result(other, tmp_path / "run") is None
+
+
+def test_report_takes_the_readme_command_whose_flags_name_no_freezing(tmp_path: Path) -> None:
+    byod = [replace(_result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.72, 100.0), flags={}),
+            replace(_result("readme-byod", "simulate", 0.62, 90.0), flags={"clients": 5})]
+    rows = ratios(byod)
+    (tmp_path / "BENCHMARKS.md").write_text(f"{MARK_BEGIN}\n{MARK_END}\n")
+    write_report(rows, ["bbc_news"], "python -m simulations.benchmark", tmp_path)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert f"| readme-byod | {REFERENCE_FREEZE} | 0.6200 |" in text
+    assert "the README's bring-your-own-data command: accuracy 0.6200, +37.0 points" in text
