@@ -41,20 +41,21 @@ class _ModelCache:
     """The server's global model, built once per distinct model and reset to its initial weights."""
 
     def __init__(self) -> None:
-        self._built: dict[FedTextConfig, tuple[GlobalModel, Any]] = {}
+        self._key: FedTextConfig | None = None
+        self._model: GlobalModel | None = None
+        self._initial: Any = None
 
     def get(self, cfg: FedTextConfig) -> GlobalModel:
         from common.splits import server_test_set
 
         key = cfg.only(*MODEL_FIELDS)
-        if key not in self._built:
-            self._built.clear()  # one model at a time in memory
-            model = GlobalModel(cfg, server_test_set(cfg).label_names)
-            self._built[key] = (model, model.arrays())
-        model, initial = self._built[key]
-        model.load(initial)
-        model.cfg = cfg  # evaluation batch and length, the saved card: this trial's
-        return model
+        if key != self._key:
+            self._model = self._initial = None  # one model at a time in memory
+            self._model = GlobalModel(cfg, server_test_set(cfg).label_names)
+            self._key, self._initial = key, self._model.arrays()
+        self._model.load(self._initial)
+        self._model.cfg = cfg  # evaluation batch and length, the saved card: this trial's
+        return self._model
 
 
 def serve_trials(grid: Grid, cfg: FedTextConfig) -> int:

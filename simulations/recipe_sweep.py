@@ -12,8 +12,8 @@ changes updates by ~1e-7; docs/SECAGG.md). The chosen recipe is then checked
 with real simulations by ``simulations.benchmark``.
 
 Each argument is ``KEY=VALUE`` (config keys), plus ``mode=fed|central`` and an
-optional ``tag=...``; ``server_tau=X`` and ``server_beta_1=X`` override the FedOpt
-strategies' tau and beta_1.
+optional ``tag=...``; ``server_beta_1=X`` overrides FedAdam's and FedYogi's beta_1
+(no config key sets it).
 One JSON line comes out: the accuracy and macro F1 on the server's test set
 after every round. ``--jobs FILE`` runs one such line of arguments per line;
 ``--report FILE`` prints a JSON-lines file of results as a markdown table
@@ -52,8 +52,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     silence_transformers()
     kv = dict(a.split("=", 1) for a in argv)
     mode, tag = kv.pop("mode", "fed"), kv.pop("tag", "")
-    # Strategy attributes no config key sets, for what-ifs: server_tau=X, server_beta_1=X.
-    overrides = {k: float(kv.pop(k)) for k in ("server_tau", "server_beta_1") if k in kv}
+    # A strategy attribute no config key sets, for what-ifs: server_beta_1=X.
+    overrides = {k: float(kv.pop(k)) for k in ("server_beta_1",) if k in kv}
     cfg = FedTextConfig.from_mapping({"secagg": False, "min-clients": 1, **kv})
     test, pool = server_test_set_and_pool(cfg)
     labels = test.label_names
@@ -81,7 +81,7 @@ def run(argv: list[str]) -> dict[str, Any]:
             setattr(strategy, key.removeprefix("server_"), value)
         client = build_model(cfg, labels)
         arrays, grid = server.arrays(), InProcessGrid(cfg)
-        mu = cfg.proximal_mu or (0.01 if cfg.strategy == "fedprox" else 0.0)
+        mu = getattr(strategy, "proximal_mu", 0.0)  # what FedProx sends its clients
         for r in range(1, cfg.rounds + 1):
             list(strategy.configure_train(r, arrays, instruction_config(r, labels), grid))
             start = from_array_record(arrays)
@@ -104,7 +104,7 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 
 SHOWN = ("data", "partition", "freeze", "lr", "rounds", "local-epochs", "lr-schedule", "warmup-ratio",
-         "strategy", "server-lr", "server-tau", "server_tau", "server_beta_1", "server-momentum", "seed")
+         "strategy", "server-lr", "server-tau", "server_beta_1", "server-momentum", "seed")
 
 
 def report(path: str) -> str:
