@@ -8,7 +8,9 @@ are imported inside the handlers, by ``client.local``.
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.journal import note
 from client.secagg_mod import secagg_mod
+from common.messages import ARRAYS, RUN_END, SECAGG, parse_run_end_notice, record_bytes
 
 app = ClientApp()
 
@@ -20,7 +22,10 @@ def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply with the update."""
     from client.local import train_locally
 
-    return Message(train_locally(msg.content, context), reply_to=msg)
+    reply = train_locally(msg.content, context)
+    if SECAGG not in msg.content.config_records:  # else secagg_mod notes the masked upload
+        note(context, "sent", bytes=record_bytes(reply.array_records[ARRAYS]), masked=False)
+    return Message(reply, reply_to=msg)
 
 
 @app.evaluate()
@@ -29,3 +34,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     from client.local import evaluate_locally
 
     return Message(evaluate_locally(msg.content, context), reply_to=msg)
+
+
+@app.query(RUN_END.split(".", 1)[1])
+def run_end(msg: Message, context: Context) -> Message:
+    """The server's end-of-run notice: noted for ``fedtext client``, which then exits."""
+    from flwr.app import RecordDict
+
+    note(context, "run-end", status=parse_run_end_notice(msg.content))
+    return Message(RecordDict(), reply_to=msg)

@@ -8,8 +8,17 @@
    (an EC key in OpenSSH PRIVATE format, as ``fedtext certs`` writes it);
 3. run ``flower-supernode`` as a child in its own session, with the data file's
    absolute path in its node config (``data-path``): the rows never leave this
-   machine, the ClientApp reads them here; forward its output and return its
-   exit code; stop it and everything below it on SIGTERM or Ctrl-C.
+   machine, the ClientApp reads them here; forward its output (colour only on a
+   terminal); stop it and everything below it on SIGTERM or Ctrl-C;
+4. print this client's own line per round from the ClientApp's journal
+   (``client.journal``: rows trained, loss, seconds, bytes sent, masked or
+   not; evaluated rows and accuracy);
+5. end when the federation does: on the server's end-of-run notice, stop the
+   SuperNode and exit 0 with a summary (``--stay`` serves later runs instead);
+   when the server has been unreachable for ``--server-timeout`` seconds after
+   joining, exit 1 with one line. Before joining, a server that is not up yet
+   or has not registered this SuperNode's key yet is retried for
+   ``--join-timeout`` seconds.
 
 Without ``--labels`` the label *set* cannot be checked here: the server sends
 the federation's labels with every instruction and the ClientApp validates the
@@ -25,10 +34,14 @@ import hashlib
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from client.journal import JournalReader, RoundReporter
 
 # Flower exits with these codes (sys.exit truncates them to code % 256).
 REFUSED = 305
@@ -76,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Keep retrying this long while the server refuses this SuperNode's key "
                              "(it may not be registered yet: the server registers keys after it starts); "
                              "0: give up at the first refusal (default: 300).")
+    parser.add_argument("--server-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="Once joined, give up (exit 1) when the server has been unreachable this "
+                             "long (default: 60).")
+    parser.add_argument("--stay", action="store_true",
+                        help="Keep serving later runs after the run this client joined ends "
+                             "(default: exit 0 when it ends).")
     parser.add_argument("--home", type=Path, default=None, metavar="DIR",
                         help="Folder for this SuperNode's Flower state (default: "
                              "~/.fedtext/client-<hash of server and key>).")
@@ -190,12 +209,14 @@ def check_local_port(port: int) -> int:
     return port
 
 
-def write_node_config(home: Path, data: Path, args: argparse.Namespace) -> Path:
+def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal: Path) -> Path:
     """The SuperNode's node config as a TOML file (any path survives the quoting)."""
+    from client.journal import STATUS_FILE
     from common.config import toml_value
 
     lines = [
         f"data-path = {toml_value(str(data))}",
+        f"{STATUS_FILE} = {toml_value(str(journal))}",
         f"text-column = {toml_value(args.text_column)}",
         f"label-column = {toml_value(args.label_column)}",
     ]
@@ -220,11 +241,13 @@ def default_home(server: str, key: Path | None, data: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``fedtext client``; returns the SuperNode's exit code."""
+    """``fedtext client``; 0 when the run it joined ended, else the reason's exit code."""
     if args.partition_id is not None and args.partition_id < 0:
         raise ConfigError(f"--partition-id: expected >= 0, got {args.partition_id}")
     if not args.join_timeout >= 0:  # also refuses nan
         raise ConfigError(f"--join-timeout: expected seconds >= 0, got {args.join_timeout}")
+    if not args.server_timeout > 0:
+        raise ConfigError(f"--server-timeout: expected seconds > 0, got {args.server_timeout}")
     data_path = args.data.expanduser()
     check_data(data_path, args.text_column, args.label_column, parse_labels(args.labels))
     data_path = data_path.resolve()
@@ -241,77 +264,149 @@ def run(args: argparse.Namespace) -> int:
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
 
-    from common.processes import install_signal_handlers
-    from common.processes import flower_env, flwr_bin
+    from client.journal import JournalReader, RoundReporter
+    from common.processes import flower_env, flwr_bin, install_signal_handlers
 
-    node_config = write_node_config(home, data_path, args)
+    journal = home / "status.jsonl"
+    journal.write_text("")  # this session's events only
+    node_config = write_node_config(home, data_path, args, journal)
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     cmd = [flwr_bin("flower-supernode"), "--superlink", superlink,
            "--node-config", str(node_config), "--isolation", "subprocess",
-           "--host", "127.0.0.1", "--port", str(local_port)]
+           "--host", "127.0.0.1", "--port", str(local_port),
+           # Flower's own retry limit: without it a SuperNode whose server is gone
+           # retries forever.
+           "--max-wait-time", str(args.server_timeout)]
     if args.insecure:
         cmd.append("--insecure")
         print("fedtext client: warning: --insecure: plain HTTP, no SuperNode authentication; "
               "throw-away local tests only", file=sys.stderr)
     else:
         cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
-    print(f"fedtext client: joining {superlink} with {data_path} "
-          f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home})", flush=True)
+    say(f"joining {superlink} with {data_path} "
+        f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home})")
 
+    session = ClientSession(JournalReader(journal), RoundReporter(), stay=args.stay)
     deadline = time.monotonic() + args.join_timeout
     wait = 5.0
     while True:
-        code, seen = run_supernode(cmd, flower_env(home))
-        if not (code != 0 and REFUSED in seen) or time.monotonic() + wait > deadline:
-            return _report_exit(code, seen)
-        # The key may not be registered yet: the server registers keys only once
-        # its SuperLink is up, and clients often start at the same time.
-        print(f"fedtext client: the server refused this SuperNode's key; retrying in {wait:.0f} s "
-              f"(--join-timeout {args.join_timeout:.0f} s)", file=sys.stderr, flush=True)
+        outcome = run_supernode(cmd, flower_env(home), session)
+        if outcome.run_ended:
+            say(f"done: {session.reporter.summary()}")
+            return 0
+        if outcome.joined and outcome.unreachable:
+            say(f"the server at {superlink} has been unreachable for {args.server_timeout:.0f} s "
+                f"(--server-timeout); giving up ({session.reporter.summary()})", err=True)
+            return 1
+        waiting = outcome.unreachable or REFUSED in outcome.flower_codes
+        if outcome.joined or outcome.code == 0 or not waiting or time.monotonic() + wait > deadline:
+            return _report_exit(outcome, superlink, args.join_timeout)
+        # The server may not be up yet, or not have registered this key yet: it
+        # registers keys only once its SuperLink is up, and clients often start
+        # at the same time.
+        why = "did not answer" if outcome.unreachable else "refused this SuperNode's key"
+        say(f"the server {why}; retrying in {wait:.0f} s (--join-timeout {args.join_timeout:.0f} s)", err=True)
         install_signal_handlers()
         time.sleep(wait)
         wait = min(2 * wait, 30.0)
 
 
-def run_supernode(cmd: list[str], env: dict[str, str]) -> tuple[int, set[int]]:
-    """Run one SuperNode until it exits; return its exit code and the Flower exit codes it printed."""
+def say(line: str, err: bool = False) -> None:
+    """One line of this command's own, marked as such among the SuperNode's."""
+    print(f"fedtext client: {line}", file=sys.stderr if err else sys.stdout, flush=True)
+
+
+@dataclass
+class ClientSession:
+    """What ``fedtext client`` follows across SuperNode restarts: the journal and its totals."""
+
+    reader: JournalReader
+    reporter: RoundReporter
+    stay: bool = False
+
+    def report_new_events(self) -> bool:
+        """Print this client's lines for new journal events; True once a run has ended (unless --stay)."""
+        ended = False
+        for event in self.reader.new_events():
+            line = self.reporter.line(event)
+            if line:
+                say(line)
+            ended = ended or (event.get("event") == "run-end" and not self.stay)
+        return ended
+
+
+@dataclass
+class SuperNodeOutcome:
+    """How one SuperNode process ended."""
+
+    code: int = 0
+    flower_codes: set[int] = field(default_factory=set)  # "Exit Code: N" lines it printed
+    joined: bool = False  # it got a node id from the SuperLink
+    unreachable: bool = False  # it gave up reconnecting (--max-wait-time)
+    run_ended: bool = False  # the server's end-of-run notice arrived; we stopped it
+
+
+# After the end-of-run notice is noted, the SuperNode still has to push the
+# ClientApp's acknowledgement to the server (it polls every few seconds).
+ACK_GRACE_S = 4.0
+
+
+def run_supernode(cmd: list[str], env: dict[str, str], session: ClientSession) -> SuperNodeOutcome:
+    """Run one SuperNode until it exits, the run ends, or it gives up on the server."""
     import subprocess
     import threading
 
-    from common.processes import ignore_signals, install_signal_handlers
-    from common.processes import descendants, stop_process_group
+    from common.processes import descendants, ignore_signals, install_signal_handlers, stop_process_group
 
     process: subprocess.Popen[bytes] | None = None
-    seen: set[int] = set()
+    outcome = SuperNodeOutcome()
     tree: set[int] = set()
     install_signal_handlers()
     try:
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        forward = threading.Thread(target=_forward, args=(process.stdout, seen), daemon=True)
+        forward = threading.Thread(target=_forward, args=(process.stdout, outcome), daemon=True)
         forward.start()
         # Not "until EOF": flower-superexec (a grandchild in its own session) keeps
         # the pipe open after the SuperNode is gone. Remember the tree while the
         # SuperNode lives: once it exits, its children are reparented away from it.
+        ended_at: float | None = None
         while process.poll() is None:
             tree.update(descendants(process.pid))
+            if session.report_new_events() and ended_at is None:
+                ended_at = time.monotonic()
+            if ended_at is not None and time.monotonic() - ended_at >= ACK_GRACE_S:
+                outcome.run_ended = True
+                break
+            if outcome.unreachable:  # Flower's SuperNode gives up but does not exit
+                break
             time.sleep(0.5)
-        code = process.returncode
+        session.report_new_events()
+        running = process.poll() is None  # we stopped waiting: the run ended, or it gave up
+        outcome.code = (0 if outcome.run_ended else 1) if running else process.returncode
         forward.join(timeout=1.0)
     finally:
         ignore_signals()
         if process is not None:
             stop_process_group(process, grace=5.0)
         _stop_pids(tree)
-    return code, seen
+    return outcome
 
 
-def _forward(stream: Any, seen: set[int]) -> None:
-    """Copy the SuperNode's output to ours, noting Flower exit codes it reports."""
+_ANSI = re.compile(rb"\x1b\[[0-9;]*m")
+
+
+def _forward(stream: Any, outcome: SuperNodeOutcome) -> None:
+    """Copy the SuperNode's output to ours, noting what it says about the connection."""
+    plain = not sys.stdout.isatty()
     for raw in stream:
-        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.write(_ANSI.sub(b"", raw) if plain else raw)
         sys.stdout.flush()
-        seen.update(_flower_exit_codes(raw))
+        outcome.flower_codes.update(_flower_exit_codes(raw))
+        if b"SuperNode ID:" in raw:
+            outcome.joined = True
+        elif b"Giving up reconnection" in raw:
+            outcome.unreachable = True
 
 
 def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
@@ -339,12 +434,14 @@ def _flower_exit_codes(line: bytes) -> list[int]:
     return [int(m) for m in re.findall(rb"Exit Code: (\d+)", line)]
 
 
-def _report_exit(code: int, seen: set[int]) -> int:
-    if code == 0:
+def _report_exit(outcome: SuperNodeOutcome, superlink: str, join_timeout: float) -> int:
+    if outcome.code == 0:
         return 0
+    if outcome.unreachable:
+        say(f"could not reach the server at {superlink} within --join-timeout {join_timeout:.0f} s", err=True)
+        return outcome.code
     # Flower prints "Exit Code: N" but its process may end with another status.
-    flower = min(seen) if seen else None
+    flower = min(outcome.flower_codes) if outcome.flower_codes else None
     reason = EXIT_REASONS.get(flower if flower is not None else -1, "see the SuperNode output above")
-    print(f"fedtext client: SuperNode exited with code {flower if flower is not None else code}: {reason}",
-          file=sys.stderr)
-    return code
+    say(f"SuperNode exited with code {flower if flower is not None else outcome.code}: {reason}", err=True)
+    return outcome.code

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from client.journal import note
 from common.config import FedTextConfig
 from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
@@ -139,6 +140,8 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
         "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
         job.instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
     )
+    note(context, "train", round=job.instruction.server_round, rows=result.num_examples, steps=result.steps,
+         loss=round(result.loss, 6), seconds=round(result.seconds, 2))
     reply = train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
     # Lets a run report where its clients trained (e.g. the GPU check).
     reply.metric_records["metrics"]["train-on-gpu"] = int(device.type == "cuda")
@@ -151,4 +154,6 @@ def evaluate_locally(content: RecordDict, context: Context) -> RecordDict:
     metrics = evaluate_model(
         job.model, job.eval_rows, job.tokenizer, job.cfg, pick_device(), job.instruction.label_names
     )
+    note(context, "evaluate", round=job.instruction.server_round, rows=len(job.eval_rows),
+         accuracy=round(float(metrics["accuracy"]), 6))
     return evaluate_reply(metrics, len(job.eval_rows))

@@ -26,6 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from client.journal import note
 from common.messages import ARRAYS, METRICS, NUM_EXAMPLES, SECAGG, from_array_record
 from common.messages import SECAGG_MASKED as MASKED
 
@@ -58,6 +59,7 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         reply = client.stage2(request, update, weight)
         masked = reply.pop("masked")
         content = RecordDict({SECAGG: ConfigRecord(reply), MASKED: ArrayRecord({"masked": Array(masked)})})
+        note(context, "sent", bytes=int(masked.nbytes), masked=True)
     elif stage == 3:
         content = RecordDict({SECAGG: ConfigRecord(client.stage3(request))})
     else:

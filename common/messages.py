@@ -22,6 +22,10 @@ secure aggregation     with ``secagg`` on, a train round is four exchanges; each
                        the stage-0 instruction also carries the fields above, and
                        the stage-2 reply carries ``"secagg-masked"``: the masked
                        update as one uint32 array. No update travels in the clear.
+end of run             message type ``query.run_end``, to every connected node
+(server -> client)     once the run is over: ``"config"``: ``status``
+                       (``completed`` | ``failed``). The reply is empty. A
+                       deployed client exits on it (``fedtext client``).
 =====================  =========================================================
 
 Frozen parameters never travel: both sides build the same frozen model
@@ -49,6 +53,8 @@ PROXIMAL_MU = "proximal-mu"
 TRIAL_CONFIG = "trial-config"
 SECAGG = "secagg"
 SECAGG_MASKED = "secagg-masked"
+RUN_END = "query.run_end"  # a message type, not a record name
+RUN_STATUSES = ("completed", "failed")
 
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -80,6 +86,22 @@ def instruction_config(
     if trial:
         config[TRIAL_CONFIG] = json.dumps(trial, sort_keys=True)
     return config
+
+
+def run_end_notice(status: str) -> RecordDict:
+    """The server's word that the run is over (``status``: completed | failed)."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run-end notice: status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    return RecordDict({CONFIG: ConfigRecord({"status": status})})
+
+
+def parse_run_end_notice(content: RecordDict) -> str:
+    """The status of a run-end notice; ``ValueError`` naming the field otherwise."""
+    config = content.config_records.get(CONFIG)
+    status = config.get("status") if config is not None else None
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run-end notice: 'status' must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    return str(status)
 
 
 @dataclass(frozen=True)

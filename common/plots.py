@@ -42,6 +42,16 @@ def plot_confusion(cm: list[list[int]] | np.ndarray, labels: list[str], path: st
 
 def plot_rounds(doc: dict[str, Any], path: str | Path) -> Path:
     """Central accuracy, macro F1 and loss per round, with the clients' evaluation means."""
+    fig = rounds_figure(doc)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return Path(path)
+
+
+def rounds_figure(doc: dict[str, Any]) -> Any:
+    """The figure of :func:`plot_rounds` (a matplotlib Figure), not yet saved."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     rounds = doc.get("rounds", [])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -55,10 +65,9 @@ def plot_rounds(doc: dict[str, Any], path: str | Path) -> Path:
         if client:
             ax.plot(*zip(*client, strict=True), marker="s", linestyle="--", label="clients (held-out rows)")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # there is no round 1.5
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig

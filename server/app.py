@@ -23,16 +23,30 @@ def main(grid: Grid, context: Context) -> None:
 
     cfg = FedTextConfig.from_mapping(context.run_config)
     setup_logging(Path(cfg.out) / "server.log")
+    status = "failed"
     try:
         if cfg.trial_queue:  # a tuning study: its trials, one federation after another
             serve_trials(grid, cfg)
         else:
             run_federation(grid, cfg)
+        status = "completed"
     except Exception as exc:
         # Leave the reason in the run folder: `flwr run` does not report it.
         RunRecorder.mark_failed(cfg.out, f"{type(exc).__name__}: {exc}")
         logging.getLogger("fedtext.server").error("run failed:\n%s", traceback.format_exc())
         raise
+    finally:
+        tell_clients_run_ended(grid, status)
+
+
+def tell_clients_run_ended(grid: Grid, status: str) -> None:
+    """``server.rounds.announce_end``, best effort: a failure to tell must not hide the run's outcome."""
+    from server.rounds import announce_end
+
+    try:
+        announce_end(grid, status)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("fedtext.server").warning("could not tell the clients the run is over: %s", exc)
 
 
 def setup_logging(logfile: Path) -> None:

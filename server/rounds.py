@@ -16,6 +16,9 @@ For each round :func:`run_federation`
 
 With ``resume`` set it first restores the global arrays, the strategy's state
 and the recorded rounds from a checkpoint and continues with the next round.
+Once the run is over (completed or failed), :func:`announce_end` tells every
+connected node, so that deployed clients exit instead of polling a server that
+is about to go away.
 
 Flower's ``Strategy.start`` runs a similar loop, but it would send each
 client's update to the strategy in the clear: fedtext's loop puts the
@@ -36,10 +39,12 @@ from flwr.serverapp import Grid
 from common.config import FedTextConfig
 from common.messages import (
     ARRAYS,
+    RUN_END,
     from_array_record,
     instruction_config,
     parse_evaluate_reply,
     record_bytes,
+    run_end_notice,
     to_array_record,
 )
 from common.metrics import metrics_from_confusion, summary
@@ -227,3 +232,20 @@ def evaluate_on_clients(
     if problems:
         result["evaluate_problems"] = problems
     return result, sent
+
+
+def announce_end(grid: Grid, status: str, timeout: float = 30.0) -> int:
+    """Tell every connected node that the run is over; return how many acknowledged.
+
+    Waiting for the acknowledgements (``timeout`` at most) keeps the SuperLink
+    up until the clients have heard: a deployed client pulls its messages every
+    few seconds and exits on this one (``fedtext client``).
+    """
+    nodes = sorted(grid.get_node_ids())
+    if not nodes:
+        return 0
+    notices = [Message(run_end_notice(status), dst_node_id=node, message_type=RUN_END) for node in nodes]
+    replies = list(grid.send_and_receive(notices, timeout=timeout))
+    acknowledged = sum(not reply.has_error() for reply in replies)
+    log.info("run %s: told %d of %d connected clients", status, acknowledged, len(nodes))
+    return acknowledged

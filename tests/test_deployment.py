@@ -15,8 +15,12 @@ minutes on 2 cores):
   clients that answered, and the federation completes with A, B and D;
 - afterwards no process that any of these commands started is left.
 
+When the run ends, the server tells the clients: A, B and D exit 0 on their own,
+with a line per round and a summary.
+
 A second, shorter test stops a ``fedtext server --insecure`` with SIGTERM while it
-waits for clients and checks that everything it started is gone.
+waits for clients, checks that a client that had joined gives up after its
+``--server-timeout`` with one line, and that everything either started is gone.
 """
 
 from __future__ import annotations
@@ -281,11 +285,24 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         assert (out / "run.log").stat().st_size > 0
         assert "SuperNode ID" not in plain.stdout()
 
-        # 9. Clients stop on SIGTERM, with everything below them.
-        for proc in (a, b, dd, plain):
-            proc.popen.send_signal(signal.SIGTERM)
-        for proc in (a, b, dd, plain):
-            assert proc.wait(60) != 0
+        # 9. The server told the clients the run ended: each exits 0 on its own
+        #    (goal: within 10 s of the server; slack for a loaded machine), with its
+        #    own per-round lines and a summary, and no colour codes in a file.
+        server_done = time.monotonic()
+        assert "run completed: told 3 of 3 connected clients" in (out / "server.log").read_text()
+        for proc in (a, b, dd):
+            assert proc.wait(60) == 0, proc.stdout()[-3000:] + proc.stderr()[-2000:]
+            out = proc.stdout()  # 36 rows: 40 less the 10% each client holds out for evaluation
+            assert re.search(r"fedtext client: round 2: trained on 36 rows \(2 steps\), loss [0-9.]+, "
+                             r"[0-9.]+ s; sent [0-9.]+ MB masked \(SecAgg\+\)", out), out[-3000:]
+            assert "fedtext client: round 2: evaluated the global model on" in out
+            assert re.search(r"fedtext client: done: took part in 1 run, [12] training rounds?, ", out), out[-2000:]
+            assert "\x1b[" not in out
+        print(f"clients exited {time.monotonic() - server_done:.1f} s after the server")
+
+        # 10. A client that never joined stops on SIGTERM, with everything below it.
+        plain.popen.send_signal(signal.SIGTERM)
+        assert plain.wait(60) != 0
         tracker.scan()
         assert_nothing_left(tracker)
     finally:
@@ -300,19 +317,33 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
 
 
 @pytest.mark.slow
-def test_server_stops_everything_on_sigterm(tmp_path: Path) -> None:
+def test_server_stops_everything_on_sigterm(tmp_path: Path, rt_rows: list[dict[str, str]]) -> None:
     tracker = Tracker()
+    port = free_port()
+    data = write_rows(tmp_path / "client.csv", rt_rows[:20])
     try:
         server = tracker.add(Fedtext("server", [
-            "server", "--insecure", "--host", "127.0.0.1", "--port", str(free_port()),
+            "server", "--insecure", "--host", "127.0.0.1", "--port", str(port),
             "--out", str(tmp_path / "run"), *TINY], tmp_path))
         server.wait_for(r"waiting for 3 clients", 240)
         warning = [ln for ln in server.stderr().splitlines() if "--insecure" in ln]
         assert len(warning) == 1 and "warning" in warning[0]
         tracker.scan()
         assert any("flower-superlink" in _cmdline(pid) for pid in tracker.seen)
+        # A client that joined, with a short --server-timeout, gives up with one
+        # line once the server is gone.
+        client = tracker.add(Fedtext("client", [
+            "client", "--insecure", "--server", f"127.0.0.1:{port}", "--data", str(data),
+            "--home", str(tmp_path / "h"), "--server-timeout", "10"], tmp_path))
+        client.wait_for(r"SuperNode ID", 120)
         server.popen.send_signal(signal.SIGTERM)
         assert server.wait(60) != 0
+        gone = time.monotonic()
+        assert client.wait(60) == 1
+        print(f"client gave up {time.monotonic() - gone:.1f} s after the server stopped (--server-timeout 10)")
+        said = [ln for ln in client.stderr().splitlines() if ln.startswith("fedtext client:")]
+        assert said[-1].startswith(f"fedtext client: the server at 127.0.0.1:{port} has been unreachable "
+                                   "for 10 s (--server-timeout); giving up"), said
         assert_nothing_left(tracker)
     finally:
         tracker.close()

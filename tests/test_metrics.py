@@ -101,3 +101,17 @@ def test_empty_confusion_is_all_zero() -> None:
 
 def test_summary_picks_headline_figures() -> None:
     assert summary({"accuracy": 0.5, "f1_macro": 1 / 3, "other": 1}) == {"accuracy": 0.5, "f1_macro": 0.333333}
+
+
+def test_round_plots_tick_whole_rounds_only(tmp_path) -> None:  # noqa: ANN001
+    from common.plots import plot_rounds, pyplot, rounds_figure
+
+    doc = {"rounds": [{"round": r, "central": {"accuracy": 0.5 + r / 10, "f1_macro": 0.5, "loss": 1.0 - r / 10},
+                       "clients": {"evaluate": {"accuracy": 0.6}}} for r in range(3)]}
+    fig = rounds_figure(doc)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    pyplot().close(fig)
+    assert plot_rounds(doc, tmp_path / "rounds.png").stat().st_size > 0

@@ -1,0 +1,117 @@
+"""A client's lifecycle: the server's end-of-run notice, the ClientApp's journal, the client's lines.
+
+The deployment test (tests/test_deployment.py) checks the same through real
+SuperNodes; here the pieces run in-process in seconds: the real ClientApp
+behind an in-process grid, with a status file in each node's config as
+``fedtext client`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from client.journal import STATUS_FILE, JournalReader, RoundReporter
+from common.config import FedTextConfig
+from common.messages import parse_run_end_notice, run_end_notice
+from server.rounds import announce_end, run_federation
+from simulations.inprocess import InProcessGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = FedTextConfig(num_hidden_layers=1, max_length=32, batch_size=8, local_steps=1, freeze="head",
+                     clients=3, min_clients=3, rounds=1, max_examples=60, max_test_examples=20)
+
+
+def _grid_with_journals(cfg: FedTextConfig, folder: Path) -> tuple[InProcessGrid, dict[int, Path]]:
+    grid = InProcessGrid(cfg)
+    journals = {}
+    for node, context in grid.contexts.items():
+        journals[node] = folder / f"node-{node}.jsonl"
+        context.node_config[STATUS_FILE] = str(journals[node])
+    return grid, journals
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_end_notice_round_trips_and_refuses_an_unknown_status() -> None:
+    assert parse_run_end_notice(run_end_notice("completed")) == "completed"
+    with pytest.raises(ValueError, match="status must be one of completed, failed"):
+        run_end_notice("paused")
+    with pytest.raises(ValueError, match="'status' must be one of"):
+        parse_run_end_notice(RecordDict({"config": ConfigRecord({"status": "over"})}))
+    with pytest.raises(ValueError, match="'status' must be one of"):
+        parse_run_end_notice(RecordDict())
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_every_node_hears_that_the_run_ended(tmp_path: Path) -> None:
+    grid, journals = _grid_with_journals(TINY, tmp_path)
+    assert announce_end(grid, "completed") == 3
+    for node, path in journals.items():
+        assert _events(path) == [{"event": "run-end", "run": 1, "status": "completed"}], node
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_a_federation_journals_what_each_client_did(tmp_path: Path) -> None:
+    cfg = TINY.replace(out=str(tmp_path / "run"))
+    grid, journals = _grid_with_journals(cfg, tmp_path)
+    run_federation(grid, cfg)
+    announce_end(grid, "completed")
+    for path in journals.values():
+        events = _events(path)
+        assert [e["event"] for e in events] == ["train", "sent", "evaluate", "run-end"]
+        train, sent, evaluated = events[:3]
+        assert train["round"] == 1 and train["steps"] == 1 and train["rows"] > 0
+        assert sent["masked"] is True and sent["bytes"] > 0  # SecAgg+: the masked vector went up
+        assert evaluated["round"] == 1 and 0.0 <= evaluated["accuracy"] <= 1.0
+
+        reporter = RoundReporter()
+        lines = [line for e in events if (line := reporter.line(e))]
+        assert lines[0].startswith(f"round 1: trained on {train['rows']} rows (1 steps), loss ")
+        assert lines[0].endswith("masked (SecAgg+)")
+        assert lines[1].startswith(f"round 1: evaluated the global model on {evaluated['rows']} held-out rows")
+        assert lines[2] == "run 1 completed on the server"
+        assert reporter.summary() == f"took part in 1 run, 1 training round, {train['rows']:,} rows trained"
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_without_secagg_the_upload_is_journaled_as_clear(tmp_path: Path) -> None:
+    cfg = TINY.replace(out=str(tmp_path / "run"), secagg=False, fraction_evaluate=0.0)
+    grid, journals = _grid_with_journals(cfg, tmp_path)
+    run_federation(grid, cfg)
+    sent = [e for e in _events(next(iter(journals.values()))) if e["event"] == "sent"]
+    assert len(sent) == 1 and sent[0]["masked"] is False and sent[0]["bytes"] > 0
+
+
+def test_the_journal_reader_waits_for_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "status.jsonl"
+    reader = JournalReader(path)
+    assert reader.new_events() == []  # no file yet
+    path.write_text('{"event": "train", "run": 5, "rows": 3}\n{"event": "se')
+    assert reader.new_events() == [{"event": "train", "run": 5, "rows": 3}]
+    with path.open("a") as f:
+        f.write('nt", "run": 5, "bytes": 10, "masked": false}\nnot json\n[1]\n')
+    assert reader.new_events() == [{"event": "sent", "run": 5, "bytes": 10, "masked": False}]
+    assert reader.new_events() == []
+
+
+def test_secure_aggregation_exchanges_never_import_torch() -> None:
+    # In deployment each SecAgg+ exchange is a fresh flwr-clientapp process that
+    # loads client.app: the crypto-only stages must not pay for torch's import.
+    code = ("import sys\n"
+            "import client.app\n"
+            "from flwr.supercore.task_identity import TaskIdentity\n"
+            "TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1\n"
+            "from tests.test_secagg_mod import run_round\n"
+            "run_round({})\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
