@@ -83,15 +83,19 @@ def compose_command() -> list[str] | None:
     return None
 
 
+# Secure aggregation needs at least 3 clients a round (common.config refuses fewer).
+COMPOSE_CLIENTS = ("client-1", "client-2", "client-3")
+
+
 def make_compose_sources(tmp_path: Path) -> dict[str, str]:
     """Create every bind-mount source so `config` resolves real paths; return the env."""
     certs, data = tmp_path / "certs", tmp_path / "data"
     for rel in ["ca.crt", "server.pem", "server.key", "clients/identities.json"] + [
-        f"clients/client-{i}{s}" for i in (1, 2) for s in (".key", ".pub", ".id.key")
+        f"clients/client-{i}{s}" for i in (1, 2, 3) for s in (".key", ".pub", ".id.key")
     ]:
         (certs / rel).parent.mkdir(parents=True, exist_ok=True)
         (certs / rel).write_text("x")
-    for folder in ("server", "client-1", "client-2"):
+    for folder in ("server", *COMPOSE_CLIENTS):
         (data / folder).mkdir(parents=True)
     return {**os.environ, "FEDTEXT_CERTS": str(certs), "FEDTEXT_DATA": str(data)}
 
@@ -124,8 +128,8 @@ def check_compose(doc: dict[str, Any]) -> list[str]:
     """Structural problems in a Compose document (empty list when fine)."""
     problems: list[str] = []
     services = doc.get("services", {})
-    if set(services) != {"server", "client-1", "client-2"}:
-        problems.append(f"services are {sorted(services)}, want server, client-1, client-2")
+    if set(services) != {"server", *COMPOSE_CLIENTS}:
+        problems.append(f"services are {sorted(services)}, want server, {', '.join(COMPOSE_CLIENTS)}")
     declared_volumes = set(doc.get("volumes") or {})
     data_sources: set[str] = set()
     for name, service in services.items():
@@ -155,7 +159,7 @@ def check_compose(doc: dict[str, Any]) -> list[str]:
     if "healthcheck" not in server:
         problems.append("server: no healthcheck")
     problems += check_server_port(server)
-    for name in ("client-1", "client-2"):
+    for name in COMPOSE_CLIENTS:
         dep = (services.get(name, {}).get("depends_on") or {}).get("server", {})
         if dep.get("condition") != "service_healthy":
             problems.append(f"{name}: does not wait for a healthy server")
@@ -343,7 +347,7 @@ def test_k8s_manifests_are_structurally_valid() -> None:
 def test_k8s_statefulset_and_secrets_shape() -> None:
     docs = k8s_docs()
     sts = find(docs, "StatefulSet")
-    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["replicas"] == len(COMPOSE_CLIENTS)  # one SuperNode per key, at least 3
     assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["data"]
     for workload in (sts, find(docs, "Deployment")):
         pod = workload["spec"]["template"]["spec"]
@@ -426,13 +430,13 @@ def all_shell_texts() -> list[str]:
     return texts
 
 
-def command_invocations(text: str) -> list[tuple[str, list[str]]]:
-    """Find `fedtext <sub>` (also after an image name) and `flower-*` calls and their flags.
+def command_arguments(text: str) -> list[tuple[str, list[str]]]:
+    """Find `fedtext <sub>` (also after an image name) and `flower-*` calls and their arguments.
 
     Returns
     -------
-    list of (program, flags)
-        program is ``"fedtext server"``, ``"flower-superlink"``, ...; flags without ``=value``.
+    list of (program, arguments)
+        program is ``"fedtext server"``, ``"flower-superlink"``, ...; arguments up to a shell separator.
     """
     found = []
     for line in text.splitlines():
@@ -444,20 +448,25 @@ def command_invocations(text: str) -> list[tuple[str, list[str]]]:
             continue
         for i, token in enumerate(tokens):
             if token in FLOWER_BINARIES:
-                program = token
+                program, rest = token, tokens[i + 1:]
             elif (token == "fedtext" or token.startswith("fedtext:") or token.endswith("/fedtext")) \
                     and i + 1 < len(tokens) and tokens[i + 1] in FEDTEXT_FLAGS:
-                program = f"fedtext {tokens[i + 1]}"
+                program, rest = f"fedtext {tokens[i + 1]}", tokens[i + 2:]
             else:
                 continue
-            flags = []
-            for later in tokens[i + 1:]:
+            args = []
+            for later in rest:
                 if later in SHELL_SEPARATORS:
                     break
-                if later.startswith("--"):
-                    flags.append(later.split("=", 1)[0])
-            found.append((program, flags))
+                args.append(later)
+            found.append((program, args))
     return found
+
+
+def command_invocations(text: str) -> list[tuple[str, list[str]]]:
+    """(program, flags without ``=value``) of each call :func:`command_arguments` finds."""
+    return [(program, [a.split("=", 1)[0] for a in args if a.startswith("--")])
+            for program, args in command_arguments(text)]
 
 
 @cache
@@ -497,6 +506,31 @@ def test_deployed_server_and_client_commands_pass_every_required_flag() -> None:
         assert "--insecure" not in flags
         seen.add(sub)
     assert seen == {"server", "client"}
+
+
+def test_every_server_command_passes_fedtext_config_checks() -> None:
+    # Flags can all exist and still make a federation fedtext refuses to start
+    # (e.g. --min-clients 2 with secure aggregation on): check the values too.
+    from common.config import FedTextConfig
+
+    keys = set(FedTextConfig.keys())
+    servers = [args for text in all_shell_texts() for program, args in command_arguments(text)
+               if program == "fedtext server"]
+    assert len(servers) >= 3  # README, compose, Kubernetes
+    needed = 0
+    for args in servers:
+        mapping: dict[str, object] = {}
+        for flag, value in zip(args, [*args[1:], ""], strict=True):
+            name = flag[2:] if flag.startswith("--") else ""
+            if name in keys and not value.startswith("--"):
+                mapping[name] = value
+            elif name.startswith("no-") and name[3:] in keys:
+                mapping[name[3:]] = False
+        needed = max(needed, FedTextConfig.from_mapping(mapping).min_clients)  # ConfigError names the key
+    # And `fedtext certs` makes keys for at least that many clients.
+    for program, args in (inv for text in all_shell_texts() for inv in command_arguments(text)):
+        if program == "fedtext certs" and "--clients" in args and args[args.index("--clients") + 1].isdigit():
+            assert int(args[args.index("--clients") + 1]) >= needed, args
 
 
 def test_flag_checker_catches_unknown_and_deprecated_flags() -> None:
