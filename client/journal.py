@@ -9,7 +9,7 @@ handler appends one JSON line per event there:
 ============  ==============================================================
 event         fields
 ============  ==============================================================
-``train``     ``round``, ``rows``, ``steps``, ``loss``, ``seconds``
+``train``     ``round``, ``rows``, ``steps``, ``loss``, ``seconds``, ``threads`` (torch's)
 ``sent``      ``bytes`` (the update's payload), ``masked`` (SecAgg+ or not)
 ``evaluate``  ``round``, ``rows``, ``accuracy``
 ``run-end``   ``status`` (the server's end-of-run notice)

