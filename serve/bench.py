@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.reports import markers, replace_part, write_figures
+
 REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN = "<!-- serving:begin (written by python -m serve.bench; edits here are lost) -->"
-MARK_END = "<!-- serving:end -->"
+MARK_BEGIN, MARK_END = markers("serving", "python -m serve.bench")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -179,14 +180,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], docs: Path) -> Path:
-    (docs / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (docs / "benchmarks" / "serving.json").write_text(json.dumps(result, indent=1) + "\n")
-    path = docs / "SERVING.md"
-    text = path.read_text() if path.exists() else f"# Serving\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    before, rest = text.split(MARK_BEGIN, 1)
-    after = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{before}{MARK_BEGIN}\n\n{markdown(result)}\n{MARK_END}{after}")
-    return path
+    write_figures(docs, "serving", result)
+    return replace_part(docs / "SERVING.md", MARK_BEGIN, MARK_END, markdown(result), "# Serving")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.reports import markers, replace_part, write_figures
+
 REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN = "<!-- deploy:begin (written by python -m simulations.bench_deploy; edits here are lost) -->"
-MARK_END = "<!-- deploy:end -->"
+MARK_BEGIN, MARK_END = markers("deploy", "python -m simulations.bench_deploy")
 TRAINED = re.compile(r"fedtext client: round (\d+): trained on \d+ rows \(\d+ steps\), loss [0-9.]+, ([0-9.]+) s")
 
 
@@ -181,16 +182,9 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def write_report(doc: dict[str, Any], docs: Path) -> Path:
-    (docs / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (docs / "benchmarks" / "deploy.json").write_text(json.dumps(doc, indent=1) + "\n")
-    path = docs / "BENCHMARKS.md"
-    text = path.read_text()
-    if MARK_BEGIN not in text:
-        text += f"\n## Deployment rounds against simulated rounds\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    before, rest = text.split(MARK_BEGIN, 1)
-    after = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{before}{MARK_BEGIN}\n\n{markdown(doc)}\n{MARK_END}{after}")
-    return path
+    write_figures(docs, "deploy", doc)
+    return replace_part(docs / "BENCHMARKS.md", MARK_BEGIN, MARK_END, markdown(doc),
+                        "## Deployment rounds against simulated rounds")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.reports import markers, replace_part, write_figures
+
 REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN = "<!-- tuning:begin (written by python -m simulations.bench_tune; edits here are lost) -->"
-MARK_END = "<!-- tuning:end -->"
+MARK_BEGIN, MARK_END = markers("tuning", "python -m simulations.bench_tune")
 LRS = ("1e-4", "2e-4", "4e-4", "8e-4", "1.6e-3")
 BATCHES = ("8", "16", "32")
 
@@ -104,15 +105,8 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
 
 
 def write_report(results: dict[str, dict[str, Any]], command: str, docs: Path) -> Path:
-    (docs / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (docs / "benchmarks" / "tuning.json").write_text(json.dumps({"command": command, "studies": results},
-                                                                indent=1) + "\n")
-    path = docs / "TUNING.md"
-    text = path.read_text() if path.exists() else f"# Tuning\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    before, rest = text.split(MARK_BEGIN, 1)
-    after = rest.split(MARK_END, 1)[1]
-    path.write_text(f"{before}{MARK_BEGIN}\n\n{markdown(results, command)}\n{MARK_END}{after}")
-    return path
+    write_figures(docs, "tuning", {"command": command, "studies": results})
+    return replace_part(docs / "TUNING.md", MARK_BEGIN, MARK_END, markdown(results, command), "# Tuning")
 
 
 def main(argv: list[str] | None = None) -> int:

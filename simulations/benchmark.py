@@ -44,6 +44,7 @@ import psutil
 
 from common.config import FedTextConfig
 from common.plots import pyplot
+from common.reports import markers, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"rotten_tomatoes": "packaged:rotten_tomatoes", "bbc_news": "packaged:bbc_news",
@@ -60,8 +61,7 @@ NATURAL_SPLITS = {"rotten_tomatoes": "column:movie_name"}
 FREEZES = ("none", "embeddings", "bottom:4", "head", "lora")
 REFERENCE_FREEZE = FedTextConfig().freeze
 STRATEGIES = ("fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
-MARK_BEGIN = "<!-- benchmark:begin (written by python -m simulations.benchmark; edits here are lost) -->"
-MARK_END = "<!-- benchmark:end -->"
+MARK_BEGIN, MARK_END = markers("benchmark", "python -m simulations.benchmark")
 
 
 @dataclass(frozen=True)
@@ -421,22 +421,13 @@ def plot_dataset(rows: list[dict[str, Any]], ds: str, path: Path) -> None:
 
 def write_report(rows: list[dict[str, Any]], datasets: list[str], command: str, docs: Path) -> Path:
     """Write the JSON and plots; replace the generated part of ``docs/BENCHMARKS.md``."""
-    (docs / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (docs / "benchmarks" / "benchmark.json").write_text(json.dumps({"command": command, "runs": rows}, indent=1) + "\n")
+    write_figures(docs, "benchmark", {"command": command, "runs": rows})
     for ds in datasets:
         plot_dataset(rows, ds, docs / "benchmarks" / f"{ds}.png")
     machine = f"{psutil.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
-    generated = (f"{MARK_BEGIN}\n\nCommand: `{command}` ({machine}; finished "
-                 f"{time.strftime('%Y-%m-%d %H:%M')}; figures in `docs/benchmarks/benchmark.json`).\n\n"
-                 f"{goal_lines(rows, datasets)}\n{markdown_tables(rows, datasets)}\n{MARK_END}")
-    path = docs / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    if MARK_BEGIN not in text or MARK_END not in text:
-        text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
-    before, rest = text.split(MARK_BEGIN, 1)
-    after = rest.split(MARK_END, 1)[1]
-    path.write_text(before + generated + after)
-    return path
+    body = (f"Command: `{command}` ({machine}; finished {time.strftime('%Y-%m-%d %H:%M')}; figures in "
+            f"`docs/benchmarks/benchmark.json`).\n\n{goal_lines(rows, datasets)}\n{markdown_tables(rows, datasets)}")
+    return replace_part(docs / "BENCHMARKS.md", MARK_BEGIN, MARK_END, body, "# Benchmarks")
 
 
 def main(argv: list[str] | None = None) -> int:

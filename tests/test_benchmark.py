@@ -138,3 +138,17 @@ def test_report_takes_the_readme_command_whose_flags_name_no_freezing(tmp_path: 
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert f"| readme-byod | {REFERENCE_FREEZE} | 0.6200 |" in text
     assert "the README's bring-your-own-data command: accuracy 0.6200, +37.0 points" in text
+
+
+def test_a_report_replaces_only_its_own_part_of_a_document(tmp_path: Path) -> None:
+    from common.reports import markers, replace_part
+
+    begin, end = markers("demo", "python -m demo")
+    doc = tmp_path / "DOC.md"
+    replace_part(doc, begin, end, "first figures", "# Doc")
+    assert doc.read_text() == f"# Doc\n\n{begin}\n\nfirst figures\n{end}\n"
+    doc.write_text("# Doc\n\nhand-written\n\n" + doc.read_text().split("# Doc\n", 1)[1] + "\nafter\n")
+    replace_part(doc, begin, end, "second figures", "# Doc")
+    text = doc.read_text()
+    assert "hand-written" in text and text.endswith(f"second figures\n{end}\n\nafter\n")
+    assert "first figures" not in text

@@ -1,0 +1,40 @@
+"""Benchmark reports: figures as JSON, and a generated part of a markdown document.
+
+Each benchmark script owns one part of a document (docs/BENCHMARKS.md,
+docs/TUNING.md, ...) between two HTML comments; a rerun replaces that part and
+leaves the hand-written rest of the document as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def markers(name: str, command: str) -> tuple[str, str]:
+    """The begin and end comments of the part ``command`` writes."""
+    return f"<!-- {name}:begin (written by {command}; edits here are lost) -->", f"<!-- {name}:end -->"
+
+
+def write_figures(docs: Path, name: str, figures: Any) -> Path:
+    """``docs/benchmarks/<name>.json``."""
+    path = docs / "benchmarks" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    return path
+
+
+def replace_part(path: Path, begin: str, end: str, body: str, heading: str) -> Path:
+    """Put ``body`` between ``begin`` and ``end`` in ``path``.
+
+    A missing document starts with ``heading``; missing markers are appended,
+    under ``heading`` when the document does not have it yet.
+    """
+    text = path.read_text() if path.exists() else f"{heading}\n"
+    if begin not in text or end not in text:
+        text += ("" if heading in text else f"\n{heading}\n") + f"\n{begin}\n{end}\n"
+    before, rest = text.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{begin}\n\n{body}\n{end}{after}")
+    return path
