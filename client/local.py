@@ -25,7 +25,7 @@ from common.freezing import load_trainable_state, trainable_state
 from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
 from common.model import MODEL_FIELDS, build_model, load_tokenizer, pick_device, silence_transformers
 from common.recipe import round_span
-from common.splits import client_file_data, simulated_client_data
+from common.splits import ROWS_FIELDS, client_file_data, simulated_client_data
 from common.training import evaluate_model, train_model
 
 if TYPE_CHECKING:
@@ -64,11 +64,8 @@ def _data_source(context: Context) -> tuple[str, int, int]:
 # data between messages saves seconds per message. Every trainable parameter is
 # overwritten by each instruction, so a cached model carries no state across.
 # The caches are keyed by the fields that shape the model or pick the rows
-# only, so that tuning trials that change the lr or the rounds reuse them.
-ROWS_FIELDS = ("data", "test_data", "text_column", "label_column", "labels", "max_examples", "max_test_examples",
-               "test_fraction", "client_eval_fraction", "partition", "seed")
-
-
+# only (``MODEL_FIELDS``, ``ROWS_FIELDS``), so that tuning trials that change
+# the lr or the rounds reuse them.
 @functools.lru_cache(maxsize=2)
 def _cached_model(key: FedTextConfig, label_names: tuple[str, ...]):  # noqa: ANN202
     silence_transformers()
@@ -91,7 +88,8 @@ def _cached_rows(
 def _rows(
     cfg: FedTextConfig, label_names: tuple[str, ...], path: str, partition_id: int, partitions: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    return _cached_rows(cfg.only(*ROWS_FIELDS), label_names, path, partition_id, partitions)
+    # `out` too: a simulated client reads its saved share from the run folder.
+    return _cached_rows(cfg.only(*ROWS_FIELDS, "out"), label_names, path, partition_id, partitions)
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,13 @@ def load_partition(
         raise ConfigError(
             f"node config 'partition-id': expected 0..{num_partitions - 1}, got {partition_id}"
         )
+    return load_partitions(dataset, scheme, num_partitions, seed, [partition_id])[0]
+
+
+def load_partitions(
+    dataset: datasets.Dataset, scheme: str, num_partitions: int, seed: int, ids: list[int] | None = None
+) -> list[datasets.Dataset]:
+    """The shares of clients ``ids`` (all by default), from one partitioning of ``dataset``."""
     if len(dataset) < num_partitions:
         raise DataError(
             f"{len(dataset)} training rows cannot be split among {num_partitions} clients"
@@ -131,6 +138,6 @@ def load_partition(
     with quiet_datasets():
         partitioner.dataset = dataset.shuffle(seed=seed).flatten_indices()
     try:
-        return partitioner.load_partition(partition_id)
+        return [partitioner.load_partition(pid) for pid in (range(num_partitions) if ids is None else ids)]
     except ValueError as exc:  # DirichletPartitioner gives up on impossible sizes
         raise DataError(f"partition '{scheme}' over {len(dataset)} rows: {exc}") from exc

@@ -7,14 +7,21 @@
   global model on, and trains on the others.
 
 Server and simulated clients each call these functions with the same config,
-so they agree on the split without exchanging any data.
+so they agree on the split without exchanging any data. ``fedtext simulate``
+partitions once before the run and saves each client's share in the run folder
+(:func:`write_client_shares`); a simulated client then memory-maps its own
+share instead of loading and partitioning the whole file again
+(:func:`simulated_client_data`), which keeps a message's data cost independent
+of the corpus and of the number of clients.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.data import LabeledData, load_labeled
+from common.data import LabeledData, load_labeled, quiet_datasets
 from common.errors import DataError
 from common.partition import load_partition, partition_column
 
@@ -22,6 +29,12 @@ if TYPE_CHECKING:
     import datasets
 
     from common.config import FedTextConfig
+
+
+# The config fields that decide which rows a client holds: equal fields, equal rows.
+ROWS_FIELDS = ("data", "test_data", "text_column", "label_column", "labels", "max_examples", "max_test_examples",
+               "test_fraction", "client_eval_fraction", "partition", "seed")
+SHARES = "shares"  # folder of the run folder holding the clients' saved shares
 
 
 def _load(cfg: FedTextConfig, path: str, label_names: list[str] | None) -> LabeledData:
@@ -97,8 +110,45 @@ def client_share(
 def simulated_client_data(
     cfg: FedTextConfig, label_names: list[str], partition_id: int, num_partitions: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval) rows of simulated client ``partition_id``."""
-    return client_share(cfg, training_pool(cfg, label_names), partition_id, num_partitions)
+    """(train, eval) rows of simulated client ``partition_id``: its saved share when the run has one."""
+    share = saved_client_share(cfg, label_names, partition_id, num_partitions)
+    if share is None:  # no saved shares (a run not started by `fedtext simulate`): partition again
+        share = load_partition(training_pool(cfg, label_names).dataset, cfg.partition, num_partitions,
+                               partition_id, cfg.seed)
+    return local_split(share, cfg.client_eval_fraction, cfg.seed, f"partition {partition_id}")
+
+
+def _shares_manifest(cfg: FedTextConfig, label_names: list[str], num_partitions: int) -> dict:
+    return {"rows": {f: getattr(cfg, f) for f in ROWS_FIELDS}, "labels": list(label_names),
+            "clients": num_partitions}
+
+
+def write_client_shares(cfg: FedTextConfig, shares: list[datasets.Dataset], label_names: list[str]) -> Path:
+    """Save each simulated client's share under ``<out>/shares`` (Arrow files, read memory-mapped)."""
+    folder = Path(cfg.out) / SHARES
+    (folder / "manifest.json").unlink(missing_ok=True)  # no reader trusts a half-written set
+    with quiet_datasets():
+        for pid, share in enumerate(shares):
+            share.flatten_indices().save_to_disk(str(folder / str(pid)))
+    (folder / "manifest.json").write_text(json.dumps(_shares_manifest(cfg, label_names, len(shares))))
+    return folder
+
+
+def saved_client_share(
+    cfg: FedTextConfig, label_names: list[str], partition_id: int, num_partitions: int
+) -> datasets.Dataset | None:
+    """Client ``partition_id``'s saved share, or None when the run folder has none for this config."""
+    import datasets
+
+    folder = Path(cfg.out) / SHARES
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest != json.loads(json.dumps(_shares_manifest(cfg, label_names, num_partitions))):
+        return None  # shares of another config (e.g. a tuning trial that changed the rows)
+    with quiet_datasets():
+        return datasets.load_from_disk(str(folder / str(partition_id)))
 
 
 def client_file_data(

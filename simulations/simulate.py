@@ -2,6 +2,8 @@
 
 1. check the data once, here, so a bad file fails in a second with one line
    instead of inside N Ray workers; with ``--resume``, check the checkpoint too;
+   partition it once and save each client's share in the run folder
+   (``common.splits``), so that no client loads the whole file;
 2. write the run config (every key, absolute paths) into the run folder;
 3. start a private SuperLink in simulation mode (``server.superlink``) and
    submit the app with ``num-supernodes = clients``;
@@ -12,16 +14,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import FedTextConfig, absolute_paths
 from common.errors import FedTextError
 from common.model import check_model
 from common.recipe import peak_lr
-from common.splits import server_test_set_and_pool
-from common.partition import load_partition
+from common.partition import load_partitions
+from common.splits import server_test_set_and_pool, write_client_shares
 from server.checkpoint import load_for_resume
 from common.processes import stop_process_group
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
+
+if TYPE_CHECKING:
+    import datasets
 
 
 def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
@@ -35,17 +41,17 @@ def check_resume(cfg: FedTextConfig) -> None:
         load_for_resume(cfg)
 
 
-def check_data(cfg: FedTextConfig) -> list[str]:
-    """Load the server's test set and every client's share; return the labels."""
+def check_data(cfg: FedTextConfig) -> tuple[list[str], list[datasets.Dataset]]:
+    """Load the server's test set and partition the rest once; return the labels and every client's share."""
     test, pool = server_test_set_and_pool(cfg)
-    for pid in range(cfg.clients):
-        share = load_partition(pool.dataset, cfg.partition, cfg.clients, pid, cfg.seed)
+    shares = load_partitions(pool.dataset, cfg.partition, cfg.clients, cfg.seed)
+    for pid, share in enumerate(shares):
         if len(share) < 2:
             raise FedTextError(
                 f"partition '{cfg.partition}': client {pid} gets {len(share)} row(s); "
                 "use fewer clients or more data"
             )
-    return test.label_names
+    return test.label_names, shares
 
 
 def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
@@ -55,8 +61,9 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     check_model(cfg)  # the model against its freezing policy first: it takes a tenth of a second
-    labels = check_data(cfg)
+    labels, shares = check_data(cfg)
     model = check_model(cfg, len(labels))
+    write_client_shares(cfg, shares, labels)  # each client then reads its own rows only
     echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
          f"strategy {cfg.strategy}, labels {', '.join(labels)}")
     echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")

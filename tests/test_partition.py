@@ -124,3 +124,32 @@ def test_partition_column_helper() -> None:
     assert partition_column("column:movie_name") == "movie_name"
     assert partition_column("iid") is None
     assert partition_column("dirichlet:0.5") is None
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet:0.5", "column:movie_name"])
+def test_one_partitioning_gives_every_client_the_share_it_would_compute_alone(pool, scheme: str) -> None:  # noqa: ANN001
+    from common.partition import load_partitions
+
+    shares = load_partitions(pool, scheme, 4, seed=3)
+    for pid, share in enumerate(shares):
+        assert share["text"] == load_partition(pool, scheme, 4, pid, seed=3)["text"]
+
+
+def test_simulated_clients_read_the_shares_saved_for_their_run(tmp_path) -> None:  # noqa: ANN001
+    from common.config import FedTextConfig
+    from common.partition import load_partitions
+    from common.splits import saved_client_share, simulated_client_data, training_pool, write_client_shares
+
+    cfg = FedTextConfig(max_examples=200, partition="dirichlet:0.5", clients=3, out=str(tmp_path / "run"))
+    labels = ["fresh", "rotten"]
+    before = [simulated_client_data(cfg, labels, pid, 3) for pid in range(3)]  # nothing saved: partitions
+    assert saved_client_share(cfg, labels, 0, 3) is None
+    write_client_shares(cfg, load_partitions(training_pool(cfg, labels).dataset, cfg.partition, 3, cfg.seed), labels)
+    for pid in range(3):
+        assert saved_client_share(cfg, labels, pid, 3) is not None
+        after = simulated_client_data(cfg, labels, pid, 3)
+        assert [a["text"] for a in after] == [b["text"] for b in before[pid]]
+    # Shares of another config are not used: other rows, other labels, other client count.
+    assert saved_client_share(cfg.replace(seed=7), labels, 0, 3) is None
+    assert saved_client_share(cfg, ["rotten", "fresh"], 0, 3) is None
+    assert saved_client_share(cfg, labels, 0, 4) is None

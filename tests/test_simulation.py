@@ -100,6 +100,8 @@ def test_run_folder_keeps_flower_state_and_logs(run_dir: Path) -> None:
     assert (run_dir / ".flwr" / "config.toml").exists()
     assert (run_dir / "run_config.toml").exists()
     assert "SecAgg+" in (run_dir / "server.log").read_text()
+    # The data was partitioned once, before the run; each client read its own share.
+    assert (run_dir / "shares" / "manifest.json").exists() and (run_dir / "shares" / "0").is_dir()
 
 
 def test_evaluate_and_predict_use_the_saved_model(run_dir: Path, tmp_path: Path) -> None:

@@ -309,6 +309,7 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
     import optuna
 
     from common.model import check_model
+    from common.splits import write_client_shares
     from simulations.simulate import check_data, prepare_config
     from simulations.tuning.report import evaluate_best, write_outputs
 
@@ -323,7 +324,8 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
         for values in space.grid().values():
             size *= len(values)
         target = min(target, size)
-    labels = check_data(base)
+    labels, shares = check_data(base)
+    write_client_shares(base, shares, labels)  # trials that keep the rows read them from here
     echo(f"fedtext tune: {'centralized' if options.centralized else 'federated'} trials, "
          f"objective {options.objective} on the clients' held-out rows; space: {space.describe()}")
     echo(f"model {base.model}: {check_model(base, len(labels))}")
