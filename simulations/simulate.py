@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.config import FedTextConfig, absolute_paths
-from common.errors import FedTextError
+from common.errors import ConfigError, FedTextError
 from common.model import check_model
 from common.recipe import peak_lr
 from common.partition import load_partitions
@@ -33,6 +33,18 @@ if TYPE_CHECKING:
 def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
     """The run's config as the apps will see it: absolute paths, all clients sampled."""
     return absolute_paths(cfg).replace(min_clients=min(cfg.min_clients, cfg.clients))
+
+
+def check_sampling(cfg: FedTextConfig) -> None:
+    """A round must sample enough clients: Flower would silently sample more than asked."""
+    sampled = int(cfg.clients * cfg.fraction_train)
+    need = max(cfg.min_clients, 3 if cfg.secagg else 1)
+    if sampled < need:
+        why = "min-clients" + (" and secure aggregation" if cfg.secagg else "")
+        raise ConfigError(
+            f"config key 'fraction-train': {cfg.fraction_train:g} of {cfg.clients} clients samples {sampled} "
+            f"a round; {why} need at least {need} (fraction-train >= {need / cfg.clients:.3g})"
+        )
 
 
 def check_resume(cfg: FedTextConfig) -> None:
@@ -57,6 +69,7 @@ def check_data(cfg: FedTextConfig) -> tuple[list[str], list[datasets.Dataset]]:
 def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
     """Run the federation; return the process exit code."""
     cfg = prepare_config(cfg)
+    check_sampling(cfg)
     check_resume(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

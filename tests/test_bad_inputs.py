@@ -174,6 +174,8 @@ CASES = [
     ("partition-dirichlet-negative", lambda f: ["simulate", "--partition", "dirichlet:-1"],
      ["partition", "dirichlet:-1"]),
     ("clients-zero", lambda f: ["simulate", "--clients", "0"], ["clients", "0"]),
+    ("fraction-train-samples-too-few", lambda f: ["simulate", "--clients", "20", "--fraction-train", "0.1"],
+     ["fraction-train", "samples 2 a round", "at least 3", ">= 0.15"]),
     ("freeze-beyond-the-models-blocks",
      lambda f: ["simulate", "--model", str(f["tinybert"]), "--freeze", "bottom:5", "--max-examples", "40"],
      ["freeze", "bottom:5", "2 layers"]),

@@ -310,12 +310,13 @@ def tune(base: FedTextConfig, options: TuneOptions, echo: Callable[..., None] = 
 
     from common.model import check_model
     from common.splits import write_client_shares
-    from simulations.simulate import check_data, prepare_config
+    from simulations.simulate import check_data, check_sampling, prepare_config
     from simulations.tuning.report import evaluate_best, write_outputs
 
     session = Session(started=time.perf_counter())  # the share outside rounds counts the checks too
     check_options(options)
     base = prepare_config(base)
+    check_sampling(base)
     check_base(base, options)
     space = build_space(base, options.params, options.space_file)
     target = options.trials
