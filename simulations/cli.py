@@ -50,8 +50,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if values.get("resume"):
         from server.checkpoint import resumed_config
 
-        return simulate(resumed_config(values))
-    return simulate(FedTextConfig.from_mapping(values))
+        return simulate(resumed_config(values), ray_address=args.ray_address)
+    return simulate(FedTextConfig.from_mapping(values), ray_address=args.ray_address)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_config_arguments(p, keys)
         p.set_defaults(handler=handler)
+        if name == "simulate":
+            p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS", "local"), metavar="HOST:PORT",
+                           help="Run the clients on this existing Ray cluster (its head's GCS address; "
+                                "default: $RAY_ADDRESS, else a private Ray started for the run).")
     p = sub.add_parser("tune", help="search hyperparameters over federated simulations (Optuna)",
                        description="Search hyperparameters with Optuna: each trial is a federated "
                        "simulation (or, with --centralized, a centralized run) built from the config "

@@ -83,3 +83,27 @@ class RayHead:
 
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = ""
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> str:
+    """``HOST:PORT`` of a running Ray cluster's head (its GCS port), checked to answer.
+
+    ``local`` (start a private Ray, the default) and ``auto`` (Ray's own lookup)
+    pass unchanged. A malformed or silent address is a one-line ConfigError
+    here, before the SuperLink starts, not a Ray timeout a minute into the run.
+    """
+    from common.errors import ConfigError
+
+    if address in ("local", "auto"):
+        return address
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: no Ray head answers there ({exc.strerror or exc}); "
+                          "start one with `ray start --head --port PORT`") from exc
+    return address
+

@@ -23,6 +23,7 @@ from common.recipe import peak_lr
 from common.partition import load_partitions
 from common.splits import server_test_set_and_pool, write_client_shares
 from server.checkpoint import load_for_resume
+from simulations.ray_head import check_ray_address
 from common.processes import stop_process_group
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 
@@ -66,8 +67,13 @@ def check_data(cfg: FedTextConfig) -> tuple[list[str], list[datasets.Dataset]]:
     return test.label_names, shares
 
 
-def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
-    """Run the federation; return the process exit code."""
+def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:  # noqa: ANN001
+    """Run the federation; return the process exit code.
+
+    ``ray_address``: ``local`` starts a private Ray for the run; ``HOST:PORT``
+    runs the clients on that running Ray cluster.
+    """
+    ray_address = check_ray_address(ray_address)
     cfg = prepare_config(cfg)
     check_sampling(cfg)
     check_resume(cfg)
@@ -81,7 +87,8 @@ def simulate(cfg: FedTextConfig, echo=print) -> int:  # noqa: ANN001
          f"strategy {cfg.strategy}, labels {', '.join(labels)}")
     echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")
     run_config = write_run_config(cfg, out / "run_config.toml")
-    superlink = LocalSuperLink(home=out / ".flwr", simulation=True)
+    # Flower's simulation runtime calls ray.init(), which reads RAY_ADDRESS.
+    superlink = LocalSuperLink(home=out / ".flwr", simulation=True, env_extra={"RAY_ADDRESS": ray_address})
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)
     logs = None
