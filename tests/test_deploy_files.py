@@ -31,7 +31,7 @@ def _accepted_flags() -> dict[str, set[str]]:
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {name: {o for action in sub.choices[name]._actions for o in action.option_strings if o.startswith("--")}
-            for name in ("server", "client", "certs")}
+            for name in ("server", "client", "certs", "simulate")}
 
 
 FEDTEXT_FLAGS = _accepted_flags()
