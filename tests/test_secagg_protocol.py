@@ -130,3 +130,14 @@ def test_large_update_roundtrip() -> None:
     expected = reference_weighted_mean([updates[i] for i in survivors], [weights[i] for i in survivors], params)
     bound = quantization_error_bound(params, len(survivors), result.total_weight)
     assert np.abs(result.mean_update - expected).max() <= bound
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_hundred_clients_with_a_tenth_dropping_mid_round(stage: int) -> None:
+    # fedtext's defaults (8 neighbours, threshold 0.6) at the size of a large federation's round.
+    params = SecAggParams(num_neighbours=8, threshold=0.6, clip=1.0, bits=24, max_weight=10000)
+    updates, weights = _population(100, seed=1000 + stage)
+    ids = list(updates)
+    drop = {i: stage for i in ids[::10]}  # 10 of 100
+    result = run_local_round(params, updates, weights, drop=drop)
+    _check(result, params, updates, weights, [i for i in ids if i not in drop])
