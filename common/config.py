@@ -127,6 +127,11 @@ class FedTextConfig:
     local_steps: int = _opt(
         0, "Optimizer steps per round; when > 0 it replaces local-epochs."
     )
+    min_local_steps: int = _opt(
+        20,
+        "Fewest optimizer steps a round of local-epochs takes: a client with few rows "
+        "repeats them rather than barely move the model (0 = no floor).",
+    )
     lr: float = _opt(
         0.0,
         "Peak AdamW learning rate; 0 = the freezing policy's default (none/embeddings "
@@ -365,6 +370,7 @@ def validate(cfg: FedTextConfig) -> None:
     _check(cfg.local_epochs > 0 or cfg.local_steps > 0, "local-epochs",
            "> 0 (or local-steps > 0)", cfg.local_epochs)
     _check(cfg.local_steps >= 0, "local-steps", ">= 0", cfg.local_steps)
+    _check(cfg.min_local_steps >= 0, "min-local-steps", ">= 0", cfg.min_local_steps)
     _check(0.0 <= cfg.lr < 1.0, "lr", "in [0, 1) (0 = the freezing policy's default)", cfg.lr)
     _check(cfg.lr_schedule in LR_SCHEDULES, "lr-schedule", " | ".join(LR_SCHEDULES), cfg.lr_schedule)
     _check(cfg.pooling in POOLINGS, "pooling", " | ".join(POOLINGS), cfg.pooling)

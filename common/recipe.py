@@ -10,6 +10,10 @@ the only difference between them is who holds the data:
   progress ``[(r-1)/R, r/R]``; a centralized "round" covers the same span.
   Restarting warmup and decay in every round (``lr-schedule per-round``, the
   old behaviour) spends most of a short round at a fraction of the lr;
+- **at least ``min-local-steps`` optimizer steps a round** (20): under FedAvg
+  the global model moves by about one client's steps a round, so clients whose
+  share of an epoch is a handful of steps repeat their rows instead
+  (``common.training.planned_steps``);
 - **the peak lr follows the freezing policy** when ``lr`` is 0 (the default):
   the fewer weights train, the larger the step they need;
 - **mean pooling for sentence-transformers checkpoints** (``pooling auto``):

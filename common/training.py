@@ -38,11 +38,17 @@ class TrainResult:
 
 
 def planned_steps(num_examples: int, cfg: FedTextConfig) -> int:
-    """Optimizer steps of one local run: ``local-steps``, or epochs over the data."""
+    """Optimizer steps of one local run: ``local-steps``, or epochs over the data.
+
+    Epochs over a small client's rows are a few steps: under FedAvg the global
+    model then moves by about that many steps a round, and a federation of
+    small clients ends far short of centralized training on the same rows
+    (docs/TUNING.md, the held-out debates). ``min-local-steps`` sets a floor.
+    """
     if cfg.local_steps > 0:
         return cfg.local_steps
     per_epoch = math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum_steps))
-    return max(1, math.ceil(per_epoch * cfg.local_epochs))
+    return max(1, cfg.min_local_steps, math.ceil(per_epoch * cfg.local_epochs))
 
 
 def iterate_batches(

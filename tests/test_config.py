@@ -86,6 +86,7 @@ BAD_VALUES = [
     ("batch-size", 0),
     ("local-epochs", 0.0),
     ("local-steps", -1),
+    ("min-local-steps", -1),
     ("lr", -1e-4),
     ("lr", 1.0),
     ("lr-schedule", "sideways"),

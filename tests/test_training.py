@@ -112,11 +112,19 @@ def _run_counted(cfg: FedTextConfig, rows, tokenizer):  # noqa: ANN001, ANN202
 
 def test_grad_accumulation_performs_the_planned_steps(rows, tokenizer) -> None:  # noqa: ANN001
     few = rows.select(range(20))
-    cfg = _cfg(freeze="head", batch_size=4, grad_accum_steps=2, local_epochs=1.0)
+    cfg = _cfg(freeze="head", batch_size=4, grad_accum_steps=2, local_epochs=1.0, min_local_steps=0)
     result, counter = _run_counted(cfg, few, tokenizer)
     assert planned_steps(20, cfg) == math.ceil(20 / 8) == 3
     assert result.steps == counter.steps == 3
     assert counter.batches == [4] * 6  # 2 micro-batches of 4 per optimizer step
+
+
+def test_a_small_client_repeats_its_rows_up_to_the_step_floor(rows, tokenizer) -> None:  # noqa: ANN001
+    # Half an epoch of 20 rows at batch 4 is 3 steps; the floor makes it 8 (2 passes minus 2 batches).
+    cfg = _cfg(freeze="head", batch_size=4, local_epochs=0.5, min_local_steps=8)
+    result, counter = _run_counted(cfg, rows.select(range(20)), tokenizer)
+    assert result.steps == counter.steps == 8
+    assert counter.batches == [4] * 8
 
 
 def test_local_steps_override_epochs(rows, tokenizer) -> None:  # noqa: ANN001
@@ -130,11 +138,16 @@ def test_local_steps_override_epochs(rows, tokenizer) -> None:  # noqa: ANN001
 @pytest.mark.parametrize(
     ("n", "changes", "expected"),
     [
-        (100, {"batch_size": 16, "local_epochs": 1.0}, 7),
-        (100, {"batch_size": 16, "local_epochs": 0.5}, 4),
-        (100, {"batch_size": 16, "local_epochs": 2.5}, 18),
-        (1, {"batch_size": 16, "local_epochs": 0.1}, 1),
-        (100, {"batch_size": 8, "grad_accum_steps": 4, "local_epochs": 1.0}, 4),
+        (100, {"batch_size": 16, "local_epochs": 1.0, "min_local_steps": 0}, 7),
+        (100, {"batch_size": 16, "local_epochs": 0.5, "min_local_steps": 0}, 4),
+        (100, {"batch_size": 16, "local_epochs": 2.5, "min_local_steps": 0}, 18),
+        (100, {"batch_size": 16, "local_epochs": 4.0}, 28),  # above the floor: epochs decide
+        (1, {"batch_size": 16, "local_epochs": 0.1, "min_local_steps": 0}, 1),
+        (100, {"batch_size": 8, "grad_accum_steps": 4, "local_epochs": 1.0, "min_local_steps": 0}, 4),
+        # A small client takes the floor's steps, repeating its rows; local-steps overrides both.
+        (100, {"batch_size": 16, "local_epochs": 0.5}, 20),
+        (1, {"batch_size": 16, "local_epochs": 0.1, "min_local_steps": 3}, 3),
+        (100, {"batch_size": 16, "local_steps": 2}, 2),
     ],
 )
 def test_planned_steps(n: int, changes: dict, expected: int) -> None:
