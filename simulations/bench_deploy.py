@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_deploy")
     p.add_argument("--docs", default="docs")
     args = p.parse_args(argv)
-    command = "python -m simulations.bench_deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m simulations.bench_deploy", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out).resolve()
     files, pooled, test = write_data(out / "data", args.clients, args.rows, args.test_rows, seed=7)
     common = ["--rounds", str(args.rounds), "--freeze", args.freeze, "--seed", "7"]
