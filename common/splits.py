@@ -104,6 +104,13 @@ def client_share(
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, eval) rows of simulated client ``partition_id`` of ``pool``."""
     share = load_partition(pool.dataset, cfg.partition, num_partitions, partition_id, cfg.seed)
+    return split_share(cfg, share, partition_id)
+
+
+def split_share(
+    cfg: FedTextConfig, share: datasets.Dataset, partition_id: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, eval) of simulated client ``partition_id``'s share."""
     return local_split(share, cfg.client_eval_fraction, cfg.seed, f"partition {partition_id}")
 
 
@@ -113,9 +120,8 @@ def simulated_client_data(
     """(train, eval) rows of simulated client ``partition_id``: its saved share when the run has one."""
     share = saved_client_share(cfg, label_names, partition_id, num_partitions)
     if share is None:  # no saved shares (a run not started by `fedtext simulate`): partition again
-        share = load_partition(training_pool(cfg, label_names).dataset, cfg.partition, num_partitions,
-                               partition_id, cfg.seed)
-    return local_split(share, cfg.client_eval_fraction, cfg.seed, f"partition {partition_id}")
+        return client_share(cfg, training_pool(cfg, label_names), partition_id, num_partitions)
+    return split_share(cfg, share, partition_id)
 
 
 def _shares_manifest(cfg: FedTextConfig, label_names: list[str], num_partitions: int) -> dict:

@@ -63,20 +63,13 @@ def fedtext(*args: str) -> list[str]:
     return [sys.executable, "-m", "simulations.cli", *args]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def run_simulation(out: Path, pooled: Path, test: Path, clients: int, common: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     with (out.parent / f"{out.name}.log").open("wb") as log:
         code = subprocess.run(fedtext("simulate", "--data", str(pooled), "--test-data", str(test),
                                       "--partition", "column:client", "--clients", str(clients),
                                       "--out", str(out), *common),
-                              cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     return {"exit_code": code, "wall_s": round(time.perf_counter() - started, 1), **rounds_of(out)}
 
 
@@ -90,7 +83,7 @@ def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], 
     server = subprocess.Popen(fedtext("server", "--insecure", "--host", "127.0.0.1", "--port", str(port),
                                       "--min-clients", str(len(files)), "--test-data", str(test),
                                       "--out", str(out / "run"), *common),
-                              cwd=REPO, env=_env(), stdout=server_log, stderr=subprocess.STDOUT)
+                              cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT)
     clients, logs = [], []
     try:
         for i, path in enumerate(files):
@@ -98,7 +91,7 @@ def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], 
             clients.append(subprocess.Popen(
                 fedtext("client", "--insecure", "--server", f"127.0.0.1:{port}", "--data", str(path),
                         "--home", str(out / f"home-{i}"), "--threads", str(threads)),
-                cwd=REPO, env=_env(), stdout=logs[-1].open("wb"), stderr=subprocess.STDOUT))
+                cwd=REPO, stdout=logs[-1].open("wb"), stderr=subprocess.STDOUT))
         code = server.wait(timeout=3600)
         client_codes = [c.wait(timeout=120) for c in clients]
     finally:
@@ -137,7 +130,7 @@ def process_costs(repeats: int = 3) -> dict[str, float]:
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), check=True,
+            subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times.append(time.perf_counter() - started)
         costs[name] = round(statistics.median(times), 2)
