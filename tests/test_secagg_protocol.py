@@ -139,5 +139,8 @@ def test_a_hundred_clients_with_a_tenth_dropping_mid_round(stage: int) -> None:
     updates, weights = _population(100, seed=1000 + stage)
     ids = list(updates)
     drop = {i: stage for i in ids[::10]}  # 10 of 100
-    result = run_local_round(params, updates, weights, drop=drop)
+    # A fixed round id fixes the neighbour graph: with a random one, about one
+    # round in six gives some client 4 dropped share holders of 9, below t = 6,
+    # and the protocol rightly aborts (a flaky test, not a bug).
+    result = run_local_round(params, updates, weights, drop=drop, round_id=bytes([4]) * 16)
     _check(result, params, updates, weights, [i for i in ids if i not in drop])
