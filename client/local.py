@@ -18,11 +18,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from client import privacy as privacy_rules
 from client.journal import note
 from common.config import FedTextConfig
 from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
 from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
+from common.privacy.distributed import clip_update
+from common.privacy.dpsgd import train_private
 from common.model import MODEL_FIELDS, build_model, load_tokenizer, pick_device, silence_transformers
 from common.recipe import round_span
 from common.splits import ROWS_FIELDS, client_file_data, simulated_client_data
@@ -120,20 +123,30 @@ def _prepare(content: RecordDict, context: Context, what: str) -> _Job:
 def train_locally(content: RecordDict, context: Context) -> RecordDict:
     """Handle a train instruction: fine-tune from the global weights, return the update."""
     job = _prepare(content, context, "train")
+    cfg = job.cfg
     device = pick_device()
-    result = train_model(
-        job.model,
-        job.train_rows,
-        job.tokenizer,
-        job.cfg,
-        device,
-        seed=job.cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
-        proximal_mu=job.instruction.proximal_mu or job.cfg.proximal_mu,
-        span=round_span(job.instruction.server_round, job.cfg.rounds, job.cfg.lr_schedule),
+    how = dict(
+        seed=cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
+        proximal_mu=job.instruction.proximal_mu or cfg.proximal_mu,
+        span=round_span(job.instruction.server_round, cfg.rounds, cfg.lr_schedule),
     )
+    privacy: dict[str, float] = {}
+    if cfg.dp == "record":
+        plan, before = privacy_rules.record_level_round(context, cfg, len(job.train_rows), job.partition_id)
+        result = train_private(job.model, job.train_rows, job.tokenizer, cfg, device, plan=plan, **how)
+        privacy_rules.record_steps(context, cfg, job.partition_id, plan, before + result.steps)
+        privacy = privacy_rules.record_level_metrics(plan, before + result.steps, cfg)
+    else:
+        result = train_model(job.model, job.train_rows, job.tokenizer, cfg, device, **how)
     trained = trainable_state(job.model)
     sent = job.instruction.arrays
     update = {name: trained[name] - sent[name] for name in sent}
+    weight = result.num_examples
+    if cfg.dp == "client":
+        # One client, one unit of influence: clipped, and weighted 1 whatever its rows.
+        update, norm = clip_update(update, cfg.dp_clip)
+        weight = 1
+        log.info("client-level DP: update norm %.4f clipped to %g", norm, cfg.dp_clip)
     log.info(
         "round %d: trained on %d rows, %d steps, loss %.4f, %.1fs",
         job.instruction.server_round, result.num_examples, result.steps, result.loss, result.seconds,
@@ -141,10 +154,17 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     import torch
 
     note(context, "train", round=job.instruction.server_round, rows=result.num_examples, steps=result.steps,
-         loss=round(result.loss, 6), seconds=round(result.seconds, 2), threads=torch.get_num_threads())
-    reply = train_reply(update, result.num_examples, result.loss, result.steps, result.seconds)
+         loss=round(result.loss, 6), seconds=round(result.seconds, 2), threads=torch.get_num_threads(),
+         **({"epsilon": round(privacy["dp-epsilon"], 4)} if "dp-epsilon" in privacy else {}))
+    reply = train_reply(update, weight, result.loss, result.steps, result.seconds)
     # Lets a run report where its clients trained (e.g. the GPU check).
     reply.metric_records["metrics"]["train-on-gpu"] = int(device.type == "cuda")
+    if cfg.dp != "none":
+        # A figure computed from the rows and sent in the clear would sit
+        # outside the guarantee: only the accounting travels.
+        del reply.metric_records["metrics"]["train-loss"]
+    for key, value in privacy.items():
+        reply.metric_records["metrics"][key] = float(value)
     return reply
 
 

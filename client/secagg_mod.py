@@ -27,7 +27,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.journal import note
-from common.messages import ARRAYS, METRICS, NUM_EXAMPLES, SECAGG, from_array_record
+from common.config import FedTextConfig
+from common.messages import ARRAYS, CONFIG, DP_NOISE_FLOOR, METRICS, NUM_EXAMPLES, SECAGG, from_array_record
 from common.messages import SECAGG_MASKED as MASKED
 
 STATE = "fedtext.secagg"  # context.state: protocol state between stages
@@ -39,7 +40,7 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     """Run one SecAgg+ stage, or pass a plain instruction to the handler."""
     if SECAGG not in msg.content.config_records:
         return call_next(msg, context)
-    from common.config import FedTextConfig, secagg_params
+    from common.config import secagg_params
     from common.secagg import SecAggClient
 
     request = dict(msg.content.config_records[SECAGG])
@@ -55,8 +56,9 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         reply = client.stage1(request)
         content = RecordDict({SECAGG: ConfigRecord(reply)})
     elif stage == 2:
-        update, weight = _take_update(context)
-        reply = client.stage2(request, update, weight)
+        update, weight, floor = _take_update(context)
+        noise = _dp_noise(FedTextConfig.from_mapping(context.run_config), update.size, floor)
+        reply = client.stage2(request, update, weight, noise=noise)
         masked = reply.pop("masked")
         content = RecordDict({SECAGG: ConfigRecord(reply), MASKED: ArrayRecord({"masked": Array(masked)})})
         note(context, "sent", bytes=int(masked.nbytes), masked=True)
@@ -81,7 +83,8 @@ def _train_and_advertise(
     order = list(msg.content.array_records[ARRAYS].keys())
     flat = np.concatenate([update[name].ravel() for name in order]).astype(np.float32)
     context.state[UPDATE] = ArrayRecord({"update": Array(flat)})
-    context.state[WEIGHT] = ConfigRecord({"weight": int(metrics.pop(NUM_EXAMPLES))})
+    floor = int(msg.content.config_records[CONFIG].get(DP_NOISE_FLOOR, 0)) if CONFIG in msg.content.config_records else 0
+    context.state[WEIGHT] = ConfigRecord({"weight": int(metrics.pop(NUM_EXAMPLES)), "floor": floor})
     reply = client.stage0(request)
     _save(context, client)
     # The example count is aggregated under the mask with the update; only
@@ -102,15 +105,33 @@ def _identity(context: Context) -> dict:
     return {"identity_key": key, "trusted_identities": trusted}
 
 
-def _take_update(context: Context) -> tuple[np.ndarray, int]:
-    """The update kept at stage 0; removed from the state once it is masked."""
+def _take_update(context: Context) -> tuple[np.ndarray, int, int]:
+    """The update kept at stage 0 (and its weight and DP noise floor); removed once masked."""
     if UPDATE not in context.state.array_records:
         raise ValueError("secagg stage 2: no update from stage 0 on this node")
     update = context.state.array_records[UPDATE]["update"].numpy()
-    weight = int(context.state.config_records[WEIGHT]["weight"])
+    kept = context.state.config_records[WEIGHT]
+    weight, floor = int(kept["weight"]), int(kept.get("floor", 0))
     del context.state[UPDATE]
     del context.state[WEIGHT]
-    return update, weight
+    return update, weight, floor
+
+
+def _dp_noise(cfg, size: int, floor: int) -> np.ndarray | None:  # noqa: ANN001
+    """This client's share of client-level DP noise, in quantization levels (None without DP).
+
+    Each of the round's at least ``floor`` survivors adds 1/floor of the
+    variance, so the sum the server unmasks carries all of it (common/privacy/distributed.py).
+    """
+    if cfg.dp != "client":
+        return None
+    from common.privacy.distributed import client_noise_variance, levels_per_unit, noise_multiplier, skellam_noise
+
+    if floor < 1:
+        raise ValueError(f"secagg stage 2: dp client needs the instruction's '{DP_NOISE_FLOOR}' >= 1, got {floor}")
+    scale = levels_per_unit((1 << cfg.secagg_bits) - 1, cfg.secagg_clip)
+    variance = client_noise_variance(noise_multiplier(cfg, size), cfg.dp_clip, scale, floor)
+    return skellam_noise(size, variance)
 
 
 def _save(context: Context, client) -> None:  # noqa: ANN001

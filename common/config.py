@@ -215,6 +215,30 @@ class FedTextConfig:
         scope="federation",
     )
 
+    # --- differential privacy (common/privacy, docs/PRIVACY.md) ---------------
+    dp: str = _opt(
+        "none",
+        "Differential privacy: none | record (each client trains with DP-SGD, Opacus: protects "
+        "every row) | client (clipped updates + noise in the sum, added by the clients inside "
+        "SecAgg: protects each client's whole dataset).",
+        scope="federation",
+    )
+    dp_epsilon: float = _opt(
+        8.0, "Privacy budget epsilon for the whole run; the noise is calibrated to spend it "
+        "over the planned rounds (dp record or client).", scope="federation",
+    )
+    dp_delta: float = _opt(
+        1e-5, "Delta of the (epsilon, delta) guarantee; below 1/n (n: a client's rows for dp "
+        "record, the clients for dp client).", scope="federation",
+    )
+    dp_clip: float = _opt(
+        1.0, "L2 bound: of each row's gradient (dp record), of each client's whole update "
+        "(dp client).", scope="federation",
+    )
+    dp_accountant: str = _opt(
+        "rdp", "Privacy accountant (dp-accounting): rdp | pld (tighter, slower).", scope="federation",
+    )
+
     # --- run ----------------------------------------------------------------
     central_eval: bool = _opt(
         True,
@@ -392,6 +416,7 @@ def validate(cfg: FedTextConfig) -> None:
     _check(cfg.min_clients >= 1, "min-clients", ">= 1", cfg.min_clients)
     _check(cfg.round_timeout >= 0, "round-timeout", ">= 0", cfg.round_timeout)
     _check(bool(cfg.out.strip()), "out", "a folder path", cfg.out)
+    _validate_privacy(cfg)
     if cfg.secagg:
         _validate_secagg(cfg)
 
@@ -426,8 +451,38 @@ def _validate_secagg(cfg: FedTextConfig) -> None:
         raise ConfigError(f"config key '{key}': {text}") from None
 
 
+DP_MODES = ("none", "record", "client")
+DP_ACCOUNTANTS = ("rdp", "pld")
+
+
+def _validate_privacy(cfg: FedTextConfig) -> None:
+    _check(cfg.dp in DP_MODES, "dp", " | ".join(DP_MODES), cfg.dp)
+    _check(0.0 < cfg.dp_epsilon < float("inf"), "dp-epsilon", "a finite number > 0", cfg.dp_epsilon)
+    _check(0.0 < cfg.dp_delta < 1.0, "dp-delta", "in (0, 1)", cfg.dp_delta)
+    _check(0.0 < cfg.dp_clip < float("inf"), "dp-clip", "a finite number > 0", cfg.dp_clip)
+    _check(cfg.dp_accountant in DP_ACCOUNTANTS, "dp-accountant", " | ".join(DP_ACCOUNTANTS),
+           cfg.dp_accountant)
+    if cfg.dp == "client":
+        # Neighbouring datasets differ by one client: a delta of 1/n or more
+        # would allow releasing one client's update outright.
+        _check(cfg.dp_delta < 1.0 / cfg.clients, "dp-delta",
+               f"below 1/clients = {1.0 / cfg.clients:.3g} for dp client", cfg.dp_delta)
+
+
+def check_dp_flags(values: Mapping[str, Any]) -> None:
+    """Refuse ``dp-*`` keys given without a DP mode: they would silently do nothing."""
+    given = sorted(k for k in values if to_key(k).startswith("dp-"))
+    if given and values.get("dp", "none") == "none":
+        raise ConfigError(f"config key '{to_key(given[0])}': needs dp record or dp client, "
+                          "got dp none")
+
+
 def secagg_params(cfg: FedTextConfig):  # noqa: ANN201 - avoids importing secagg at module level
-    """The SecAgg+ parameters of a run (common.secagg.SecAggParams)."""
+    """The SecAgg+ parameters of a run (common.secagg.SecAggParams).
+
+    Under client-level DP every client counts once (weight 1, the unit whose
+    influence the noise hides), so the example-count weighting is switched off.
+    """
     from common.secagg import SecAggParams
 
     return SecAggParams(
@@ -435,7 +490,7 @@ def secagg_params(cfg: FedTextConfig):  # noqa: ANN201 - avoids importing secagg
         threshold=cfg.secagg_threshold,
         clip=cfg.secagg_clip,
         bits=cfg.secagg_bits,
-        max_weight=cfg.secagg_max_weight,
+        max_weight=1 if cfg.dp == "client" else cfg.secagg_max_weight,
         stage_timeout_s=cfg.secagg_timeout,
     )
 
@@ -558,7 +613,9 @@ def config_from_args(
     args: argparse.Namespace, echo: Callable[[str], None] | None = None, **overrides: Any
 ) -> FedTextConfig:
     """The validated config of the command line (see :func:`given_keys`), plus ``overrides``."""
-    given = {k.replace("-", "_"): v for k, v in given_keys(args, echo).items()}
+    keys = given_keys(args, echo)
+    check_dp_flags(keys)
+    given = {k.replace("-", "_"): v for k, v in keys.items()}
     given.update(overrides)
     return FedTextConfig.from_mapping(given)
 

@@ -7,11 +7,16 @@ train instruction      ``"arrays"``: trainable parameters of the global model
 (server -> client)     ``"config"``: ``server-round``, ``label-names`` (the
                        federation's labels, in id order), ``proximal-mu`` (FedProx),
                        ``trial-config`` (a tuning trial's settings over the run
-                       config, JSON; absent outside a study)
+                       config, JSON; absent outside a study), ``dp-noise-floor``
+                       (dp client under SecAgg: the fewest survivors whose noise
+                       the sum must hold; each client adds 1/floor of it)
 train reply            ``"arrays"``: the client's **update** (trained minus
 (client -> server)     received), trainable parameters only, float32
-                       ``"metrics"``: ``num-examples``, ``train-loss``,
-                       ``train-steps``, ``train-seconds``
+                       ``"metrics"``: ``num-examples`` (1 under dp client),
+                       ``train-loss`` (not under DP: it reads the rows),
+                       ``train-steps``, ``train-seconds``; ``dp-epsilon``,
+                       ``dp-noise-multiplier`` (dp record: the client's own
+                       accounting)
 evaluate instruction   as the train instruction (``"arrays"`` = global weights)
 evaluate reply         ``"metrics"``: ``num-examples``, ``loss``, ``accuracy``,
                        ``confusion`` (row-major confusion matrix, for exact
@@ -51,6 +56,7 @@ LABEL_NAMES = "label-names"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 TRIAL_CONFIG = "trial-config"
+DP_NOISE_FLOOR = "dp-noise-floor"
 SECAGG = "secagg"
 SECAGG_MASKED = "secagg-masked"
 RUN_END = "query.run_end"  # a message type, not a record name

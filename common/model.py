@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,46 +130,73 @@ def _label_maps(label_names: list[str]) -> dict[str, Any]:
     }
 
 
-def check_model(cfg: FedTextConfig, num_labels: int = 2) -> str:
-    """Pre-flight check of ``model`` against ``freeze`` and ``pooling``, without the weights.
+def check_model(cfg: FedTextConfig, num_labels: int = 2, client_rows: Sequence[int] = ()) -> str:
+    """Pre-flight check of ``model`` against ``freeze``, ``pooling`` and ``dp``, without the weights.
 
     Builds the model's structure on the meta device (no memory, no weights
     read) and applies the freezing policy, so that a model/policy mismatch
-    fails before any process starts, with the policy's one-line error.
+    fails before any process starts, with the policy's one-line error. Under
+    record-level DP it also runs a two-row DP-SGD step on a randomly
+    initialised copy (Opacus must give every trainable layer per-row
+    gradients); under client-level DP it checks the noise against SecAgg's
+    bit width.
+
+    Parameters
+    ----------
+    client_rows : sequence of int
+        The simulated clients' training rows, when known (record-level DP
+        calibrates for them: ``common.privacy.preflight.check_plan``).
 
     Returns
     -------
     str
-        One line: the architecture, pooling and how much of it trains.
+        One line: the architecture, pooling, how much of it trains, and the DP plan.
     """
     import torch
+
+    path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg)
+    with torch.device("meta"):
+        model, architecture, model_type, pooling = _structure(cfg, path, num_labels)
+    line = f"{architecture} ({model_type}), pooling {pooling}; {describe_parameters(model, cfg.freeze)}"
+    if cfg.dp == "record":
+        from common.privacy.dpsgd import check_supported
+
+        check_supported(_structure(cfg, path, num_labels)[0], tokenizer)
+    if cfg.dp != "none":
+        from common.privacy.preflight import check_plan
+
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        line += f"; {check_plan(cfg, trainable, client_rows)}"
+    return line
+
+
+def _structure(cfg: FedTextConfig, path: str, num_labels: int) -> tuple[Any, str, str, str]:
+    """The model built from its config (random weights) with the freezing policy applied."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from common.pooled_model import MeanPoolingConfig, MeanPoolingForSequenceClassification
 
-    path = resolve_model_path(cfg.model)
-    load_tokenizer(cfg)
     labels = _label_maps([str(i) for i in range(num_labels)])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         config = AutoConfig.from_pretrained(path, **_layer_override(cfg))
         pooling = resolved_pooling(cfg, path)
-        with torch.device("meta"):
-            if pooling == "mean":
-                model = MeanPoolingForSequenceClassification(MeanPoolingConfig(encoder=config, **labels))
-            else:
-                for key, value in labels.items():
-                    setattr(config, key, value)
-                model = AutoModelForSequenceClassification.from_config(config)
-            architecture = type(model).__name__
-            model = apply_freezing(model, cfg)
+        if pooling == "mean":
+            model = MeanPoolingForSequenceClassification(MeanPoolingConfig(encoder=config, **labels))
+        else:
+            for key, value in labels.items():
+                setattr(config, key, value)
+            model = AutoModelForSequenceClassification.from_config(config)
+        architecture = type(model).__name__
+        model = apply_freezing(model, cfg)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"config key 'model': cannot build '{path}' ({_first_line(exc)})") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    return f"{architecture} ({config.model_type}), pooling {pooling}; {describe_parameters(model, cfg.freeze)}"
+    return model, architecture, config.model_type, pooling
 
 
 def pick_device() -> torch.device:

@@ -51,6 +51,20 @@ def planned_steps(num_examples: int, cfg: FedTextConfig) -> int:
     return max(1, cfg.min_local_steps, math.ceil(per_epoch * cfg.local_epochs))
 
 
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """A batch of texts as model inputs, padded to its own longest text (not to max-length)."""
+    return dict(tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        # Single texts: token types are all 0, the default of the models
+        # that use them, and some (DistilBERT) refuse the argument.
+        return_token_type_ids=False,
+        return_tensors="pt",
+    ))
+
+
 def iterate_batches(
     dataset: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -71,22 +85,12 @@ def iterate_batches(
         order = np.arange(len(texts)) if seed is None else rng.permutation(len(texts))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                # Single texts: token types are all 0, the default of the models
-                # that use them, and some (DistilBERT) refuse the argument.
-                return_token_type_ids=False,
-                return_tensors="pt",
-            )
-            yield dict(enc), torch.as_tensor(labels[idx], dtype=torch.long)
+            yield tokenize(tokenizer, [texts[i] for i in idx], max_length), torch.as_tensor(labels[idx], dtype=torch.long)
         if seed is None:
             return
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Decay on biases and LayerNorm gains only shrinks them towards 0 for no
     # regularisation benefit (the usual BERT fine-tuning recipe).
     decay, no_decay = [], []
@@ -134,7 +138,7 @@ def train_model(
     total_steps = planned_steps(len(dataset), cfg)
     peak = peak_lr(cfg)
     factors = step_lr_factors(span, total_steps, cfg.lr_schedule, cfg.warmup_ratio)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay), lr=peak)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=peak)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device) else None
     batches = iterate_batches(dataset, tokenizer, cfg.batch_size, cfg.max_length, seed)
     loss_sum, loss_count = 0.0, 0

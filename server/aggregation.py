@@ -85,18 +85,23 @@ class Aggregation(Protocol):
         ...
 
 
+# The privacy a round spent is the worst any client spent, not the average.
+_WORST_OF = {"dp-epsilon": max, "dp-noise-multiplier": min}
+
+
 def client_mean_metrics(metrics: list[dict]) -> dict[str, float]:
     """Mean over clients of the numeric metrics all of them reported.
 
     Unweighted in both paths: under secure aggregation the example counts stay
     under the mask, so the server cannot weigh them, and a run with and without
     SecAgg must report the same quantities (mean train loss, mean steps).
+    Record-level DP's epsilon is the largest reported (and the noise the smallest).
     """
     if not metrics:
         return {}
     keys = set.intersection(*(set(m) for m in metrics)) - {NUM_EXAMPLES}
     return {
-        k: float(np.mean([float(m[k]) for m in metrics]))
+        k: float(_WORST_OF.get(k, np.mean)([float(m[k]) for m in metrics]))
         for k in sorted(keys)
         if all(isinstance(m[k], (int, float)) for m in metrics)
     }

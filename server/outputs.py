@@ -121,6 +121,9 @@ def progress_line(entry: dict[str, Any], rounds: int | None) -> str:
     if "trained" in clients:  # a federated round (centralized rounds move no bytes)
         parts.append(f"{clients['trained']} clients")
         parts.append(f"up {entry['bytes_up'] / 1e6:.2f} MB down {entry['bytes_down'] / 1e6:.2f} MB")
+    privacy = entry.get("privacy")
+    if privacy:
+        parts.append(f"eps {privacy['epsilon']:.2f} of {privacy['target_epsilon']:g} (delta {privacy['delta']:g})")
     if entry["round"] > 0:
         parts.append(f"{entry['seconds']:.1f} s")
     return " | ".join(parts)

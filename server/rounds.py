@@ -8,6 +8,9 @@ For each round :func:`run_federation`
    (``server.aggregation``: in the clear, or masked so that only the sum is seen);
 3. lets the strategy turn that aggregate into the next global arrays
    (``server.aggregation.apply_update``);
+   Under differential privacy (``server.privacy``) the round is first checked
+   against the budget, its instructions carry the noise floor, and its
+   aggregate is noised (or discarded) and accounted before step 3;
 4. asks sampled clients to evaluate the new model on their held-out rows and
    combines their confusion matrices;
 5. evaluates centrally on the server's test set (unless ``central-eval`` is
@@ -53,6 +56,7 @@ from server.aggregation import Aggregation, PlainAggregation, apply_update
 from server.checkpoint import Checkpoint, check_arrays, load_for_resume, restore_strategy, write_checkpoint
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
+from server.privacy import build_privacy
 from server.secure_aggregation import SecureAggregation
 from server.strategies import build_strategy
 
@@ -99,6 +103,7 @@ def run_federation(
     log.info("aggregation: %s", "SecAgg+ (server sees only the sum)" if cfg.secagg else "plain (--no-secagg)")
     log.info("server test set: %d rows from %s; labels: %s", len(test), test.source, ", ".join(labels))
     strategy = build_strategy(cfg)
+    privacy = build_privacy(cfg, model.sizes()["trainable_params"])
     # Restore from the checkpoint before the recorder rewrites metrics.json: a
     # refused resume must leave the run folder's history as it was.
     checkpoint = load_for_resume(cfg) if cfg.resume else None
@@ -112,13 +117,20 @@ def run_federation(
         recorder.record_round(0, central, clients={})
     else:
         central = restore_history(recorder, checkpoint)
+        privacy.restore(checkpoint.metrics.get("rounds", []))
     first = checkpoint.server_round + 1 if checkpoint else 1
+    stopped = ""
     for server_round in range(first, cfg.rounds + 1):
+        allowed, stopped = privacy.allows_round(server_round)
+        if not allowed:
+            log.warning("%s; the run stops here", stopped)
+            break
         started = time.perf_counter()
         instructions = list(
             strategy.configure_train(server_round, arrays, instruction_config(server_round, labels, trial), grid)
         )
-        update = aggregation.collect(grid, instructions, from_array_record(arrays), timeout)
+        privacy.prepare(instructions)
+        update = privacy.finish(aggregation.collect(grid, instructions, from_array_record(arrays), timeout))
         if update is None:
             log.warning("round %d: no client update arrived; global model unchanged", server_round)
         else:
@@ -142,13 +154,14 @@ def run_federation(
             bytes_down=(update.bytes_down if update else 0) + eval_bytes,
             seconds=time.perf_counter() - started,
             bytes_up_per_client=(update.bytes_up // max(update.num_clients, 1)) if update else 0,
+            **({"privacy": record} if (record := privacy.record()) else {}),
         )
         if trial is None:
             save_checkpoint(recorder, server_round, arrays, strategy, cfg)
         if on_round is not None:
             on_round(recorder.doc["rounds"][-1])
     model.save(recorder.out / "model")
-    recorder.finish("completed")
+    recorder.finish("completed", **({"stopped_early": stopped} if stopped else {}))
     return central
 
 

@@ -21,7 +21,7 @@ from common.errors import ConfigError, FedTextError
 from common.model import check_model
 from common.recipe import peak_lr
 from common.partition import load_partitions
-from common.splits import server_test_set_and_pool, write_client_shares
+from common.splits import server_test_set_and_pool, split_share, write_client_shares
 from server.checkpoint import load_for_resume
 from simulations.ray_head import check_ray_address
 from common.processes import stop_process_group
@@ -79,9 +79,12 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
     check_resume(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_model(cfg)  # the model against its freezing policy first: it takes a tenth of a second
+    # The model against its freezing policy first: it takes a tenth of a second
+    # (the DP checks need the clients' rows, below).
+    check_model(cfg.replace(dp="none"))
     labels, shares = check_data(cfg)
-    model = check_model(cfg, len(labels))
+    rows = [len(split_share(cfg, share, pid)[0]) for pid, share in enumerate(shares)] if cfg.dp == "record" else []
+    model = check_model(cfg, len(labels), rows)
     write_client_shares(cfg, shares, labels)  # each client then reads its own rows only
     echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
          f"strategy {cfg.strategy}, labels {', '.join(labels)}")

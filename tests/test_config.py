@@ -54,6 +54,14 @@ def test_from_mapping_rejects_wrong_type_naming_key(key: str, value: object) -> 
 
 
 BAD_VALUES = [
+    ("dp", "local"),
+    ("dp-epsilon", 0.0),
+    ("dp-epsilon", -1.0),
+    ("dp-epsilon", float("inf")),
+    ("dp-delta", 0.0),
+    ("dp-delta", 1.0),
+    ("dp-clip", 0.0),
+    ("dp-accountant", "moments"),
     ("model", "  "),
     ("num-hidden-layers", -1),
     ("freeze", "top:2"),
@@ -174,7 +182,7 @@ def test_cli_flags_not_given_keep_defaults() -> None:
 
 def test_cli_flags_given_round_trip() -> None:
     cfg = FedTextConfig(lr=1e-4, rounds=5, freeze="bottom:2", partition="dirichlet:0.5",
-                        labels="rotten,fresh", local_epochs=0.5, seed=0)
+                        labels="rotten,fresh", local_epochs=0.5, seed=0, dp="record")
     argv = []
     for key, value in cfg.to_mapping().items():
         if isinstance(value, bool):
@@ -222,3 +230,25 @@ def test_readme_lists_every_key_with_its_default_and_help() -> None:
     begin = readme.index("<!-- config:begin")
     table = readme[readme.index("\n", begin) + 1 : readme.index("<!-- config:end -->")].strip()
     assert table == config_table(), "README's config table is stale: regenerate it with config_table()"
+
+
+def test_dp_delta_must_be_below_one_over_the_clients_for_client_level_dp() -> None:
+    with pytest.raises(ConfigError, match="config key 'dp-delta': expected below 1/clients"):
+        FedTextConfig(dp="client", clients=10, dp_delta=0.2)
+    assert FedTextConfig(dp="client", clients=10, dp_delta=0.05).dp_delta == 0.05
+
+
+def test_dp_flags_without_a_dp_mode_are_refused() -> None:
+    from common.config import check_dp_flags
+
+    with pytest.raises(ConfigError, match="config key 'dp-epsilon': needs dp record or dp client"):
+        check_dp_flags({"dp-epsilon": 3.0})
+    check_dp_flags({"dp": "record", "dp-epsilon": 3.0})
+    check_dp_flags({"lr": 1e-4})
+
+
+def test_client_level_dp_weighs_every_client_once_under_secagg() -> None:
+    from common.config import secagg_params
+
+    assert secagg_params(FedTextConfig(dp="client", dp_delta=1e-3)).max_weight == 1
+    assert secagg_params(FedTextConfig()).max_weight == 10000

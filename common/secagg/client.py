@@ -245,8 +245,12 @@ class SecAggClient:
             signer_of[signer] = peer
 
     # ------------------------------------------------------------ stage 2
-    def stage2(self, request: Mapping[str, Any], update: np.ndarray, weight: int) -> msg.Message:
+    def stage2(self, request: Mapping[str, Any], update: np.ndarray, weight: int,
+               noise: np.ndarray | None = None) -> msg.Message:
         """Masked input: encode the weighted update and add self and pairwise masks.
+
+        ``noise``: integer noise added to the encoding before masking (the
+        client's share of client-level DP noise, ``common.privacy.distributed``).
 
         Only neighbours that sent this client their shares (the request's
         ``peer_ids``) are masked with; the others dropped in stage 1.
@@ -264,7 +268,7 @@ class SecAggClient:
             )
         held = [self._open_shares(j, ct) for j, ct in zip(senders, request[msg.CIPHERTEXTS])]
 
-        encoded = encode_update(update, weight, params)
+        encoded = encode_update(update, weight, params, noise=noise)
         add_keys, subtract_keys = [s.self_seed], []
         for peer in senders:
             key = agree(

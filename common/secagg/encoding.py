@@ -12,9 +12,13 @@ Client (:func:`encode_update`)
                                             q_i in [0, L], |q_i - z_i| < 1
     encoding = [q_i (m values), w_i]        uint32 vector of length m + 1
 
-Server (:func:`decode_sum`) receives S = sum over the n survivors (mod 2**32,
-but :meth:`SecAggParams.validate` guarantees n L < 2**32 and n W < 2**32, so
-the sums are exact integers):
+Client-level DP (``common.privacy.distributed``) adds integer noise N_i to
+q_i before masking: the encoding then holds q_i + N_i mod 2**32.
+
+Server (:func:`decode_sum`) receives S = sum over the n survivors (mod 2**32;
+:meth:`SecAggParams.validate` guarantees n L < 2**32 and n W < 2**32, and the
+DP noise check keeps |S_q - n L / 2| < 2**31, so S_q is recovered exactly by
+reading S - floor(n L / 2) as a signed 32-bit number):
     S_q = sum_i q_i,   S_w = sum_i w_i      (total weight, exact)
     sum_i z_i = (L / 2C) sum_i a_i x~_i + n L / 2
     =>  sum_i a_i x~_i ~= S_q 2C / L - n C
@@ -74,6 +78,7 @@ def encode_update(
     params: SecAggParams,
     *,
     dither_key: bytes | None = None,
+    noise: np.ndarray | None = None,
 ) -> np.ndarray:
     """Quantize a weighted update into a uint32 vector of length m + 1.
 
@@ -87,6 +92,9 @@ def encode_update(
     dither_key : bytes, optional
         32-byte key of the AES-CTR stream that provides the rounding noise;
         random by default (pass one only to make tests reproducible).
+    noise : np.ndarray, optional
+        int64 vector of length m added to the quantized values (mod 2**32):
+        the client's share of client-level DP noise.
 
     Returns
     -------
@@ -123,6 +131,11 @@ def encode_update(
         encoded[start : start + count] = z
     # floor(z + u) can round up to L + 1 only through float64 rounding at z = L.
     np.minimum(encoded[:m], levels, out=encoded[:m])
+    if noise is not None:
+        if noise.shape != (m,):
+            raise ValueError(f"noise must have shape ({m},), got {noise.shape}")
+        # uint32 arithmetic wraps: adding N mod 2**32 is adding N.
+        encoded[:m] += (noise % (1 << 32)).astype(np.uint32)
     return encoded
 
 
@@ -154,6 +167,7 @@ def decode_sum(total: np.ndarray, num_summed: int, params: SecAggParams) -> tupl
     if total_weight == 0:
         raise ValueError("total weight of the summed clients is 0: the mean is undefined")
     levels, clip = params.levels, params.clip
+    offset = (num_summed * levels) // 2
     m = total.size - 1
     mean = np.empty(m, dtype=np.float32)
     size = min(CHUNK, max(m, 1))
@@ -161,9 +175,12 @@ def decode_sum(total: np.ndarray, num_summed: int, params: SecAggParams) -> tupl
     for start in range(0, m, size):
         count = min(size, m - start)
         part = buf[:count]
+        # S_q - floor(n L / 2) as a signed 32-bit number: the sum's offset
+        # removed exactly, even where noise took S_q below 0 or above 2**32.
+        centred = (total[start : start + count] - np.uint32(offset % (1 << 32))).view(np.int32)
         # (W / S_w) * (S_q * 2C / L - n C), in float64, one cache-sized slice at a time.
-        np.multiply(total[start : start + count], 2.0 * clip / levels, out=part, dtype=np.float64)
-        part -= num_summed * clip
+        np.multiply(centred, 2.0 * clip / levels, out=part, dtype=np.float64)
+        part += (offset * 2.0 * clip / levels) - num_summed * clip
         part *= params.max_weight / total_weight
         mean[start : start + count] = part
     return mean, total_weight
