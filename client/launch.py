@@ -216,6 +216,7 @@ def check_local_port(port: int) -> int:
 def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal: Path) -> Path:
     """The SuperNode's node config as a TOML file (any path survives the quoting)."""
     from client.journal import STATUS_FILE
+    from client.privacy import LEDGER_FILE
     from common.config import toml_value
 
     lines = [
@@ -223,6 +224,9 @@ def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal:
         f"{STATUS_FILE} = {toml_value(str(journal))}",
         f"text-column = {toml_value(args.text_column)}",
         f"label-column = {toml_value(args.label_column)}",
+        # Record-level DP: the steps this node's rows have been through, kept
+        # with the node so that a resumed run continues its accounting.
+        f"{LEDGER_FILE} = {toml_value(str(home / 'privacy-ledger.json'))}",
     ]
     if args.partition_id is not None:
         lines.append(f"partition-id = {int(args.partition_id)}")

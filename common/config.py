@@ -606,6 +606,8 @@ def given_keys(args: argparse.Namespace, echo: Callable[[str], None] | None = No
         for f in fields(FedTextConfig)
         if getattr(args, f.name, None) is not None
     })
+    if not values.get("resume"):  # a resumed run takes its dp mode from the checkpoint
+        check_dp_flags(values)
     return values
 
 
@@ -613,9 +615,7 @@ def config_from_args(
     args: argparse.Namespace, echo: Callable[[str], None] | None = None, **overrides: Any
 ) -> FedTextConfig:
     """The validated config of the command line (see :func:`given_keys`), plus ``overrides``."""
-    keys = given_keys(args, echo)
-    check_dp_flags(keys)
-    given = {k.replace("-", "_"): v for k, v in keys.items()}
+    given = {k.replace("-", "_"): v for k, v in given_keys(args, echo).items()}
     given.update(overrides)
     return FedTextConfig.from_mapping(given)
 

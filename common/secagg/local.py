@@ -32,6 +32,7 @@ def run_local_round(
     identity_keys: Mapping[int, Any] | None = None,
     trusted_identities: Collection[bytes] | None = None,
     on_request: RequestHook | None = None,
+    noise: Mapping[int, np.ndarray] | None = None,
 ) -> SecAggResult:
     """Run one round over the nodes in ``updates`` and return the server's result.
 
@@ -46,6 +47,8 @@ def run_local_round(
         Ed25519 signing keys per node, and the set of public keys clients trust.
     on_request : callable (stage, node, request) -> request, optional
         Lets a test alter requests (a malicious server).
+    noise : mapping node id -> int64 array, optional
+        Integer noise each client adds before masking (client-level DP).
     """
     drop = dict(drop or {})
     server = SecAggServer(params, round_id=round_id)
@@ -68,7 +71,7 @@ def run_local_round(
             _require_plain(request)
             client = SecAggClient.from_state(states[node]) if serialise_state and stage > 0 else clients[node]
             if stage == 2:
-                reply = client.stage2(request, updates[node], weights[node])
+                reply = client.stage2(request, updates[node], weights[node], noise=(noise or {}).get(node))
             else:
                 reply = getattr(client, f"stage{stage}")(request)
             _require_plain(reply)

@@ -1,0 +1,150 @@
+"""``python -m simulations.bench_privacy``: what differential privacy costs, measured.
+
+Three uses:
+
+- ``python -m simulations.bench_privacy KEY=VALUE ...`` runs one federation
+  (config keys, plus an optional ``tag=...``) through fedtext's real round loop,
+  aggregation (SecAgg+ unless ``secagg=false``), privacy layer and ClientApp,
+  in one process (``simulations.inprocess``: no SuperLink, no Ray), and prints
+  one JSON line: accuracy and macro F1 by round, epsilon by round, wall time,
+  bytes. ``--jobs FILE`` runs one such line per line of FILE.
+- ``--overhead KEY=VALUE ...`` times local training steps with and without
+  DP-SGD on the same model and rows, in the same process: the ratio is the
+  per-step cost of per-row clipping and noise.
+- ``--report FILE [OVERHEAD.json]`` writes the JSON lines of FILE as the
+  privacy-utility table of docs/PRIVACY.md (and docs/benchmarks/privacy.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+COMMAND = "python -m simulations.bench_privacy --report"
+
+
+def federate(argv: list[str]) -> dict[str, Any]:
+    """One federation in process; its per-round figures."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from common.config import FedTextConfig
+    from common.model import silence_transformers
+    from server.rounds import run_federation
+    from simulations.inprocess import InProcessGrid
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    silence_transformers()
+    kv = dict(a.split("=", 1) for a in argv)
+    tag = kv.pop("tag", "")
+    kv.setdefault("out", f"runs/bench_privacy/{tag or 'run'}")
+    cfg = FedTextConfig.from_mapping(kv)
+    started = time.perf_counter()
+    run_federation(InProcessGrid(cfg), cfg)
+    seconds = time.perf_counter() - started
+    doc = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    rounds = doc["rounds"]
+    final = rounds[-1]["central"]
+    return {
+        "tag": tag, **kv,
+        "acc": [r["central"]["accuracy"] for r in rounds],
+        "final_acc": final["accuracy"], "final_f1": final["f1_macro"],
+        "epsilon": [r["privacy"]["epsilon"] for r in rounds if r.get("privacy")],
+        "noise_multiplier": next((r["privacy"]["noise_multiplier"] for r in rounds if r.get("privacy")), None),
+        "problems": sum(len(r["clients"].get("problems", [])) for r in rounds),
+        "bytes_up": sum(r["bytes_up"] for r in rounds), "seconds": round(seconds, 1),
+        "stopped_early": doc.get("stopped_early", ""),
+    }
+
+
+def overhead(argv: list[str], steps: int = 8) -> dict[str, Any]:
+    """Seconds per local step with and without DP-SGD, same model, rows and batch."""
+    from common.config import FedTextConfig
+    from common.model import build_model, load_tokenizer, pick_device, silence_transformers
+    from common.privacy.dpsgd import plan_for, train_private
+    from common.splits import client_share, server_test_set_and_pool
+    from common.training import train_model
+
+    silence_transformers()
+    kv = dict(a.split("=", 1) for a in argv)
+    cfg = FedTextConfig.from_mapping({**kv, "local-steps": steps, "dp": "record"})
+    test, pool = server_test_set_and_pool(cfg)
+    rows = client_share(cfg, pool, 0, cfg.clients)[0]
+    model, tokenizer, device = build_model(cfg, test.label_names), load_tokenizer(cfg), pick_device()
+    plan = plan_for(len(rows), cfg)
+    timings: dict[str, list[float]] = {"plain": [], "dp-sgd": []}
+    for _ in range(2):  # alternate, so that both see the same machine load
+        timings["plain"].append(train_model(model, rows, tokenizer, cfg, device, seed=1).seconds / steps)
+        timings["dp-sgd"].append(train_private(model, rows, tokenizer, cfg, device, seed=1, plan=plan).seconds / steps)
+    plain, private = min(timings["plain"]), min(timings["dp-sgd"])
+    return {**kv, "steps": steps, "expected_batch": plan.expected_batch, "plain_s_per_step": round(plain, 3),
+            "dp_sgd_s_per_step": round(private, 3), "ratio": round(private / plain, 2),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _label(r: dict[str, Any]) -> str:
+    if r.get("dp", "none") == "none":
+        return "none (eps inf)"
+    return f"{r['dp']}, eps {float(r.get('dp-epsilon', 8)):g}"
+
+
+def report(path: str, overhead_path: str | None = None) -> str:
+    """The privacy-utility table (markdown) of a JSON-lines file, written into docs/PRIVACY.md."""
+    from common.reports import markers, replace_part, write_figures
+
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    keys = ("data", "clients", "partition", "freeze", "rounds", "fraction-train", "batch-size", "lr",
+            "dp-clip", "num-hidden-layers", "secagg", "max-examples")
+    lines = ["| # | dataset | setup | privacy | noise mult. | eps spent | accuracy | macro F1 | vs. non-private | wall | up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    baseline: dict[str, float] = {}
+    for i, r in enumerate(rows, start=1):
+        setup = " ".join(f"{k}={r[k]}" for k in keys[1:] if k in r)
+        group = r.get("group", r.get("data", ""))
+        if r.get("dp", "none") == "none":
+            baseline[group] = r["final_acc"]
+        ratio = f"{r['final_acc'] / baseline[group]:.3f}x" if group in baseline and r.get("dp", "none") != "none" else ""
+        eps = f"{r['epsilon'][-1]:.2f}" if r.get("epsilon") else "-"
+        noise = f"{r['noise_multiplier']:.3f}" if r.get("noise_multiplier") else "-"
+        lines.append(f"| {i} | {r.get('data', '').removeprefix('packaged:')} | {setup} | {_label(r)} | {noise} | {eps} "
+                     f"| {r['final_acc']:.3f} | {r['final_f1']:.3f} | {ratio} | {r['seconds']:.0f} s "
+                     f"| {r['bytes_up'] / 1e6:.1f} MB |")
+    body = "\n".join(lines)
+    figures: dict[str, Any] = {"runs": rows}
+    if overhead_path:
+        over = json.loads(Path(overhead_path).read_text())
+        figures["overhead"] = over
+        body += "\n\n" + "\n".join(
+            f"DP-SGD step overhead ({o.get('freeze', 'none')}, {o['trainable']:,} trainable, expected batch "
+            f"{o['expected_batch']}): {o['dp_sgd_s_per_step']} s vs {o['plain_s_per_step']} s per step, "
+            f"**{o['ratio']}x**." for o in (over if isinstance(over, list) else [over]))
+    write_figures(DOCS, "privacy", figures)
+    begin, end = markers("privacy-utility", COMMAND)
+    replace_part(DOCS / "PRIVACY.md", begin, end, body, "# Differential privacy in fedtext")
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--report"]:
+        print(report(args[1], args[2] if len(args) > 2 else None))
+        return 0
+    if args[:1] == ["--overhead"]:
+        print(json.dumps(overhead(args[1:])), flush=True)
+        return 0
+    jobs = ([line.split() for line in open(args[1]) if line.strip() and not line.startswith("#")]
+            if args[:1] == ["--jobs"] else [args])
+    for job in jobs:
+        print(json.dumps(federate(job)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
