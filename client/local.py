@@ -132,10 +132,10 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     )
     privacy: dict[str, float] = {}
     if cfg.dp == "record":
-        plan, before = privacy_rules.record_level_round(context, cfg, len(job.train_rows), job.partition_id)
+        plan, past = privacy_rules.record_level_round(context, cfg, len(job.train_rows), job.partition_id)
         result = train_private(job.model, job.train_rows, job.tokenizer, cfg, device, plan=plan, **how)
-        privacy_rules.record_steps(context, cfg, job.partition_id, plan, before + result.steps)
-        privacy = privacy_rules.record_level_metrics(plan, before + result.steps, cfg)
+        spent = privacy_rules.record_steps(context, cfg, job.partition_id, past, plan, result.steps)
+        privacy = privacy_rules.record_level_metrics(plan, spent, cfg)
     else:
         result = train_model(job.model, job.train_rows, job.tokenizer, cfg, device, **how)
     trained = trainable_state(job.model)

@@ -1,7 +1,8 @@
 """A client's side of differential privacy (``dp`` config key; ``common.privacy``).
 
 - ``dp record``: the client fine-tunes with DP-SGD and keeps its own
-  **privacy ledger**: the DP-SGD steps it has taken on its rows in this run.
+  **privacy ledger**: the DP-SGD steps it has taken on its rows in this run,
+  with the noise multiplier and sampling rate of each.
   Before a round it checks that the round's steps fit in ``dp-epsilon``; a
   round that would not is refused (:class:`BudgetSpent`, which the server
   records as that client's problem), and the model is not trained. The
@@ -22,8 +23,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.privacy.accounting import describe
-from common.privacy.dpsgd import DpSgdPlan, plan_for, spent
+from common.privacy.accounting import Mechanism, describe, epsilon
+from common.privacy.dpsgd import DpSgdPlan, plan_for
 
 if TYPE_CHECKING:
     from flwr.app import Context
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedtext.client")
 
 LEDGER_FILE = "privacy-ledger"  # node config key of a deployed client's ledger file
-STATE = "fedtext.dp-ledger"  # context.state: steps taken in this run
+STATE = "fedtext.dp-ledger"  # context.state: the steps taken in this run (JSON)
 
 
 class BudgetSpent(RuntimeError):
@@ -53,21 +54,30 @@ def _run_folder(path: str) -> str:
     return str(p.parent if p.name == "checkpoint" else p)
 
 
-def steps_taken(context: Context, cfg: FedTextConfig, partition_id: int) -> int:
-    """DP-SGD steps this client has taken in this run (or the run it resumes)."""
+def history(context: Context, cfg: FedTextConfig, partition_id: int) -> list[Mechanism]:
+    """The DP-SGD steps this client has taken in this run (or the run it resumes).
+
+    One entry per (noise multiplier, sampling rate): a resumed run that plans
+    more rounds calibrates a new sigma, and the steps taken at the old one
+    still count at the old one.
+    """
     if STATE in context.state.config_records:
-        return int(context.state.config_records[STATE]["steps"])
+        return _parse(str(context.state.config_records[STATE]["history"]))
     if not cfg.resume:
-        return 0
+        return []
     # A resumed run continues the accounting of the run it resumes, from the
     # file that run left. Steps of a round lost to the interruption stay
     # counted: their update was sent, whether or not it was aggregated.
-    for path in (_ledger_file(context, cfg, partition_id),
-                 Path(_run_folder(cfg.resume)) / "privacy" / f"client-{partition_id}.json"):
-        entry = _read(path).get(_run_folder(cfg.resume))
+    run = _run_folder(cfg.resume)
+    for path in (_ledger_file(context, cfg, partition_id), Path(run) / "privacy" / f"client-{partition_id}.json"):
+        entry = _read(path).get(run)
         if entry:
-            return int(entry["steps"])
-    return 0
+            return _parse(json.dumps(entry["history"]))
+    return []
+
+
+def _parse(text: str) -> list[Mechanism]:
+    return [Mechanism(float(sigma), float(rate), int(steps)) for sigma, rate, steps in json.loads(text)]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -78,25 +88,32 @@ def _read(path: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def record_steps(context: Context, cfg: FedTextConfig, partition_id: int, plan: DpSgdPlan,
-                 steps: int) -> None:
-    """Store the run's step count in ``context.state`` and the ledger file."""
+def record_steps(context: Context, cfg: FedTextConfig, partition_id: int, past: list[Mechanism],
+                 plan: DpSgdPlan, steps: int) -> list[Mechanism]:
+    """Add ``steps`` steps of ``plan`` to the history; keep it in ``context.state`` and the ledger file."""
     from flwr.app import ConfigRecord
 
-    context.state[STATE] = ConfigRecord({"steps": steps})
+    now = plan.mechanism(steps)
+    if past and (past[-1].sigma, past[-1].sample_rate) == (now.sigma, now.sample_rate):
+        updated = [*past[:-1], plan.mechanism(past[-1].count + steps)]
+    else:
+        updated = [*past, now]
+    text = json.dumps([[m.sigma, m.sample_rate, m.count] for m in updated])
+    context.state[STATE] = ConfigRecord({"history": text})
     path = _ledger_file(context, cfg, partition_id)
     doc = _read(path)
-    doc[str(Path(cfg.out))] = {"steps": steps, "sample_rate": plan.sample_rate,
-                               "noise_multiplier": plan.noise_multiplier, "delta": cfg.dp_delta}
+    doc[str(Path(cfg.out))] = {"history": json.loads(text), "delta": cfg.dp_delta,
+                               "epsilon": epsilon(updated, cfg.dp_delta, cfg.dp_accountant)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)
+    return updated
 
 
 def record_level_round(context: Context, cfg: FedTextConfig, rows: int,
-                       partition_id: int) -> tuple[DpSgdPlan, int]:
-    """The plan for this client's rows and its steps so far; refuse a round over budget.
+                       partition_id: int) -> tuple[DpSgdPlan, list[Mechanism]]:
+    """The plan for this client's rows and its history; refuse a round over budget.
 
     Raises
     ------
@@ -104,21 +121,23 @@ def record_level_round(context: Context, cfg: FedTextConfig, rows: int,
         When the round's planned steps would take epsilon past ``dp-epsilon``.
     """
     plan = plan_for(rows, cfg)
-    before = steps_taken(context, cfg, partition_id)
-    after = spent(plan, before + plan.steps_per_round, cfg.dp_delta, cfg.dp_accountant)
-    # calibrate() stops within 1e-4 of sigma on the private side; allow the
+    past = history(context, cfg, partition_id)
+    after = epsilon([*past, plan.mechanism(plan.steps_per_round)], cfg.dp_delta, cfg.dp_accountant)
+    # calibrate() stops within its tolerance on the private side; allow the
     # accountant's own rounding on the last planned round.
     if after > cfg.dp_epsilon * (1 + 1e-6):
+        taken = sum(m.count for m in past)
         raise BudgetSpent(
             f"privacy budget spent: this round's {plan.steps_per_round} DP-SGD steps would take "
-            f"epsilon to {after:.3f} > dp-epsilon {cfg.dp_epsilon:g} ({before} steps taken); not trained"
+            f"epsilon to {after:.3f} > dp-epsilon {cfg.dp_epsilon:g} ({taken} steps taken); not trained"
         )
-    return plan, before
+    return plan, past
 
 
-def record_level_metrics(plan: DpSgdPlan, steps: int, cfg: FedTextConfig) -> dict[str, float]:
-    """What the reply says about this client's privacy after ``steps`` steps in all."""
-    eps = spent(plan, steps, cfg.dp_delta, cfg.dp_accountant)
+def record_level_metrics(plan: DpSgdPlan, spent_so_far: list[Mechanism], cfg: FedTextConfig) -> dict[str, float]:
+    """What the reply says about this client's privacy after the steps of ``spent_so_far``."""
+    eps = epsilon(spent_so_far, cfg.dp_delta, cfg.dp_accountant)
     log.info("record-level DP: %s after %d steps (noise multiplier %.3f, q %.4f)",
-             describe(eps, cfg.dp_delta), steps, plan.noise_multiplier, plan.sample_rate)
+             describe(eps, cfg.dp_delta), sum(m.count for m in spent_so_far), plan.noise_multiplier,
+             plan.sample_rate)
     return {"dp-epsilon": eps, "dp-noise-multiplier": plan.noise_multiplier}

@@ -70,6 +70,15 @@ class RoundUpdate:
     bytes_down: int = 0
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def empty(self) -> bool:
+        """No client's update is in it: the global model stays as it was."""
+        return self.num_clients == 0
+
+    def discarded(self, why: str) -> RoundUpdate:
+        """This round with its aggregate thrown away (traffic and problems kept, ``why`` added)."""
+        return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why])
+
 
 class Aggregation(Protocol):
     """How a round's updates travel and are combined (plain or secure)."""
@@ -80,8 +89,8 @@ class Aggregation(Protocol):
         instructions: list[Message],
         current: dict[str, np.ndarray],
         timeout: float | None,
-    ) -> RoundUpdate | None:
-        """Send ``instructions``, return the aggregate (None if nobody contributed)."""
+    ) -> RoundUpdate:
+        """Send ``instructions``, return the aggregate (``empty`` if nobody contributed)."""
         ...
 
 
@@ -116,7 +125,7 @@ class PlainAggregation:
         instructions: list[Message],
         current: dict[str, np.ndarray],
         timeout: float | None,
-    ) -> RoundUpdate | None:
+    ) -> RoundUpdate:
         """Send the train instructions and average the valid updates."""
         bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
         replies = list(grid.send_and_receive(instructions, timeout=timeout))
@@ -143,7 +152,7 @@ class PlainAggregation:
         for line in problems:
             log.warning("round update left out: %s", line)
         if total == 0:
-            return None
+            return RoundUpdate({}, 0, 0, {}, bytes_up, bytes_down, problems)
         mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
         return RoundUpdate(
             mean, total, len(weights), client_mean_metrics(metrics),

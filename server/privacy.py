@@ -51,7 +51,7 @@ class NoPrivacy:
     def prepare(self, instructions: list[Message]) -> None:
         return None
 
-    def finish(self, update: RoundUpdate | None) -> RoundUpdate | None:
+    def finish(self, update: RoundUpdate) -> RoundUpdate:
         return update
 
     def record(self) -> dict[str, Any] | None:
@@ -69,8 +69,8 @@ class RecordLevelPrivacy(NoPrivacy):
         self.epsilon = 0.0
         self.noise: float | None = None
 
-    def finish(self, update: RoundUpdate | None) -> RoundUpdate | None:
-        if update is not None:
+    def finish(self, update: RoundUpdate) -> RoundUpdate:
+        if not update.empty:
             reported = update.train_metrics
             self.epsilon = max(self.epsilon, float(reported.get("dp-epsilon", 0.0)))
             if "dp-noise-multiplier" in reported:
@@ -129,17 +129,18 @@ class ClientLevelPrivacy(NoPrivacy):
         for message in instructions:
             message.content.config_records[CONFIG][DP_NOISE_FLOOR] = self.floor
 
-    def finish(self, update: RoundUpdate | None) -> RoundUpdate | None:
+    def finish(self, update: RoundUpdate) -> RoundUpdate:
         self.round_sigma = None
-        if update is None:
-            return None
+        if update.empty:
+            return update
         if self.cfg.secagg:
             if update.num_clients < self.floor:
                 # Fewer survivors than the noise was split among: the sum holds
                 # less noise than promised, so it must not reach the model.
-                log.warning("dp client: %d clients survived, below the noise floor %d; round discarded",
-                            update.num_clients, self.floor)
-                return None
+                why = (f"dp client: {update.num_clients} clients survived, below the noise floor "
+                       f"{self.floor}; round discarded")
+                log.warning("%s", why)
+                return update.discarded(why)
             self.round_sigma = self._effective(update.num_clients, self.floor)
         else:
             # The sum of clipped updates gets N(0, (sigma C)^2); the mean is that over n.

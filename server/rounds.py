@@ -131,7 +131,7 @@ def run_federation(
         )
         privacy.prepare(instructions)
         update = privacy.finish(aggregation.collect(grid, instructions, from_array_record(arrays), timeout))
-        if update is None:
+        if update.empty:
             log.warning("round %d: no client update arrived; global model unchanged", server_round)
         else:
             arrays = apply_update(strategy, server_round, arrays, update)
@@ -139,21 +139,21 @@ def run_federation(
         evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout, trial)
         central = model.evaluate(test) if cfg.central_eval else {}
         clients: dict[str, Any] = {
-            "trained": update.num_clients if update else 0,
-            "train_examples": update.total_examples if update else 0,
-            **({"train": update.train_metrics} if update else {}),
+            "trained": update.num_clients,
+            "train_examples": update.total_examples,
+            **({} if update.empty else {"train": update.train_metrics}),
             **evaluation,
         }
-        if update and update.problems:
+        if update.problems:
             clients["problems"] = update.problems
         recorder.record_round(
             server_round,
             central,
             clients,
-            bytes_up=update.bytes_up if update else 0,
-            bytes_down=(update.bytes_down if update else 0) + eval_bytes,
+            bytes_up=update.bytes_up,
+            bytes_down=update.bytes_down + eval_bytes,
             seconds=time.perf_counter() - started,
-            bytes_up_per_client=(update.bytes_up // max(update.num_clients, 1)) if update else 0,
+            bytes_up_per_client=update.bytes_up // max(update.num_clients, 1),
             **({"privacy": record} if (record := privacy.record()) else {}),
         )
         if trial is None:

@@ -57,10 +57,10 @@ class SecureAggregation:
         instructions: list[Message],
         current: dict[str, np.ndarray],
         timeout: float | None,
-    ) -> RoundUpdate | None:
+    ) -> RoundUpdate:
         """Run one SecAgg+ round over the nodes the strategy sampled."""
         if not instructions:
-            return None
+            return RoundUpdate({}, 0, 0)
         nodes = [m.metadata.dst_node_id for m in instructions]
         self.params.validate(len(nodes))
         server = SecAggServer(self.params, round_id=os.urandom(16))
@@ -84,7 +84,7 @@ class SecureAggregation:
             problems.append(f"secure aggregation failed: {exc}")
             for line in problems:
                 log.warning("round update left out: %s", line)
-            return None
+            return RoundUpdate({}, 0, 0, {}, traffic.up, traffic.down, problems)
         problems += [f"node {n}: dropped at stage {s}" for n, s in sorted(server.dropped.items())]
         problems += [f"node {n}: {why}" for n, why in sorted(server.rejected.items())]
         for line in problems:

@@ -4,7 +4,8 @@ The server's round loop (``server.rounds.run_federation``), the aggregation
 (plain or SecAgg+), the strategies, the ClientApp with its secagg mod and the
 training code all run as in a simulation; only the transport is replaced: no
 SuperLink, no Ray, no processes. Each node keeps its own Context between
-messages, as a SuperNode does. Tests use it where a real simulation would
+messages, as a SuperNode does, and an exception in the ClientApp becomes an
+error reply, as Flower's runtime makes it. Tests use it where a real simulation would
 cost a minute per configuration (every strategy, every freezing policy), and
 ``simulations.recipe_sweep`` for the nodes its strategies sample.
 """
@@ -15,7 +16,8 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from client.app import app as client_app
@@ -45,7 +47,11 @@ class InProcessGrid(Grid):
             # What the SuperLink fills in on delivery.
             message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
             message.metadata.__dict__["_src_node_id"] = 0
-            reply = client_app(message, self.contexts[node])
+            try:
+                reply = client_app(message, self.contexts[node])
+            except Exception as exc:  # noqa: BLE001 - as Flower's runtime: an error reply, not a crash
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                                      reason=f"{type(exc)}:<'{exc}'>"), reply_to=message)
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies

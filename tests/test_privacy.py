@@ -179,7 +179,8 @@ def test_a_secagg_sum_below_the_noise_floor_is_discarded() -> None:
     messages = [_Message() for _ in range(10)]
     privacy.prepare(messages)  # type: ignore[arg-type]
     assert privacy.floor == 6 and all(m.content["config"]["dp-noise-floor"] == 6 for m in messages)
-    assert privacy.finish(_round(5)) is None and privacy.events == []
+    discarded = privacy.finish(_round(5))
+    assert discarded.empty and "below the noise floor 6" in discarded.problems[-1] and privacy.events == []
     assert privacy.finish(_round(6)) is not None and len(privacy.events) == 1
 
 
@@ -263,7 +264,7 @@ def test_record_level_client_refuses_a_round_past_its_budget_and_resume_keeps_it
     with pytest.raises(BudgetSpent, match="privacy budget spent"):
         _train(cfg, context, 3)
     ledger = json.loads((tmp_path / "run" / "privacy" / "client-0.json").read_text())
-    assert ledger[str(tmp_path / "run")]["steps"] == 4
+    assert sum(steps for _, _, steps in ledger[str(tmp_path / "run")]["history"]) == 4
     # A resumed run, in a fresh process (empty state), continues from the ledger.
     resumed = cfg.replace(resume=str(tmp_path / "run" / "checkpoint"))
     with pytest.raises(BudgetSpent, match="4 steps taken"):
@@ -342,3 +343,54 @@ def test_dp_off_leaves_the_update_path_as_it_was() -> None:
     privacy = build_privacy(cfg, 10)
     update = _round(3)
     assert isinstance(privacy, NoPrivacy) and privacy.finish(update) is update and privacy.record() is None
+
+
+# --- whole federations ---------------------------------------------------------------------
+
+FEDERATION = dict(num_hidden_layers=1, max_length=32, batch_size=8, data="packaged:bbc_news", max_examples=240,
+                  max_test_examples=60, clients=3, fraction_evaluate=0.0, local_steps=3, dp_delta=1e-3)
+
+
+def _federate(tmp_path: Path, **changes: object) -> dict:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.rounds import run_federation
+    from simulations.inprocess import InProcessGrid
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    cfg = FedTextConfig(**{**FEDERATION, **changes}, out=str(tmp_path / "run"))
+    run_federation(InProcessGrid(cfg), cfg)
+    return json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_a_client_level_federation_under_secagg_accounts_every_round(tmp_path: Path) -> None:
+    doc = _federate(tmp_path, dp="client", rounds=3, dp_epsilon=4.0, lr=1e-3)
+    privacy = [r["privacy"] for r in doc["rounds"][1:]]
+    assert [p["mode"] for p in privacy] == ["client"] * 3
+    eps = [p["epsilon"] for p in privacy]
+    assert 0 < eps[0] < eps[1] < eps[2] <= 4.0
+    # 3 clients, threshold 0.6: the noise is split 2 ways and all 3 survive, so
+    # each round holds sqrt(3/2) x the calibrated noise and spends less than planned.
+    assert all(p["noise_floor"] == 2 for p in privacy)
+    assert eps[2] < 4.0 * 0.9
+    assert all(r["clients"]["trained"] == 3 and "problems" not in r["clients"] for r in doc["rounds"][1:])
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_a_record_level_federation_learns_and_a_round_past_the_budget_is_refused(tmp_path: Path) -> None:
+    doc = _federate(tmp_path, dp="record", rounds=3, dp_epsilon=50.0, lr=3e-3, local_steps=8)
+    accuracy = [r["central"]["accuracy"] for r in doc["rounds"]]
+    # 5 topics, 60 test rows: 0.23 untrained, about 0.42 after 24 noisy steps (seeded).
+    assert accuracy[-1] >= accuracy[0] + 0.12, accuracy
+    eps = [r["privacy"]["epsilon"] for r in doc["rounds"][1:]]
+    assert eps[0] < eps[1] < eps[2] <= 50.0
+    assert sorted(p.name for p in (tmp_path / "run" / "privacy").iterdir()) == [f"client-{i}.json" for i in range(3)]
+    # Resumed for a 4th round that the budget was not calibrated for: each
+    # client refuses it, says why, and the run records it.
+    resumed = _federate(tmp_path, dp="record", rounds=4, dp_epsilon=50.0, lr=3e-3, local_steps=8,
+                        resume=str(tmp_path / "run"))
+    last = resumed["rounds"][-1]
+    assert last["round"] == 4 and last["clients"]["trained"] == 0
+    refusals = [line for line in last["clients"]["problems"] if "privacy budget spent" in line]
+    assert len(refusals) == 3  # and SecAgg, left with nobody, says so in a fourth line

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.errors import ConfigError
-from common.privacy.accounting import Mechanism, calibrate, epsilon
+from common.privacy.accounting import Mechanism, calibrate
 from common.recipe import peak_lr, step_lr_factors
 
 if TYPE_CHECKING:
@@ -98,11 +98,6 @@ def _calibrated(rate: float, steps: int, target: float, delta: float, kind: str)
         return calibrate(lambda s: [Mechanism(s, rate, steps)], target, delta, kind)
     except ValueError as exc:
         raise ConfigError(f"config key 'dp-epsilon': {exc} ({steps} steps at sampling rate {rate:.3g})") from None
-
-
-def spent(plan: DpSgdPlan, steps_taken: int, delta: float, kind: str) -> float:
-    """Epsilon at ``delta`` after ``steps_taken`` DP-SGD steps of ``plan``."""
-    return epsilon([plan.mechanism(steps_taken)], delta, kind)
 
 
 @contextlib.contextmanager
