@@ -9,7 +9,8 @@ handler appends one JSON line per event there:
 ============  ==============================================================
 event         fields
 ============  ==============================================================
-``train``     ``round``, ``rows``, ``steps``, ``loss``, ``seconds``, ``threads`` (torch's)
+``train``     ``round``, ``rows``, ``steps``, ``loss``, ``seconds``, ``threads`` (torch's),
+              ``epsilon`` (dp record: spent on this node's rows so far)
 ``sent``      ``bytes`` (the update's payload), ``masked`` (SecAgg+ or not)
 ``evaluate``  ``round``, ``rows``, ``accuracy``
 ``run-end``   ``status`` (the server's end-of-run notice)
@@ -98,7 +99,9 @@ class RoundReporter:
             how = "masked (SecAgg+)" if event.get("masked") else "in the clear (--no-secagg)"
             return (f"round {trained.get('round', '?')}: trained on {trained.get('rows', 0)} rows "
                     f"({trained.get('steps', 0)} steps), loss {float(trained.get('loss', 0.0)):.4f}, "
-                    f"{float(trained.get('seconds', 0.0)):.1f} s; sent {_size(int(event.get('bytes', 0)))} {how}")
+                    f"{float(trained.get('seconds', 0.0)):.1f} s; sent {_size(int(event.get('bytes', 0)))} {how}"
+                    + (f"; record-level DP: epsilon {float(trained['epsilon']):.2f} spent on these rows"
+                       if "epsilon" in trained else ""))
         if kind == "evaluate":
             return (f"round {event.get('round', '?')}: evaluated the global model on {event.get('rows', 0)} "
                     f"held-out rows: accuracy {float(event.get('accuracy', 0.0)):.4f}")

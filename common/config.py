@@ -28,9 +28,11 @@ from common.recipe import LR_SCHEDULES, POOLINGS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 # Keys a tuning trial may not set: they decide which rows the objective is
-# measured on, where the run is written, or the Ray resources all trials of a
-# study share. Every other key can vary by trial.
+# measured on, where the run is written, the Ray resources all trials of a
+# study share, or the privacy guarantee. Every other key can vary by trial.
 NOT_TUNABLE = frozenset({
+    # The privacy guarantee is a requirement, not a knob: a study would trade it for accuracy.
+    "dp", "dp-epsilon", "dp-delta", "dp-accountant",
     "data", "test-data", "text-column", "label-column", "labels", "max-examples",
     "max-test-examples", "test-fraction", "client-eval-fraction", "clients", "partition",
     "out", "resume", "central-eval", "trial-queue", "client-cpus", "client-gpus",
@@ -601,13 +603,16 @@ def given_keys(args: argparse.Namespace, echo: Callable[[str], None] | None = No
         if unused and echo is not None:
             echo(f"--config '{args.config_file}': not used by this command: {', '.join(unused)}")
         values = {k: v for k, v in from_file.items() if k in accepted}
-    values.update({
+    flags = {
         to_key(f.name): getattr(args, f.name)
         for f in fields(FedTextConfig)
         if getattr(args, f.name, None) is not None
-    })
-    if not values.get("resume"):  # a resumed run takes its dp mode from the checkpoint
-        check_dp_flags(values)
+    }
+    values.update(flags)
+    # A file may list every key (a run's run_config.toml); a flag is a request.
+    # A resumed run takes its dp mode from the checkpoint.
+    if not values.get("resume"):
+        check_dp_flags({**{k: v for k, v in flags.items() if k.startswith("dp-")}, "dp": values.get("dp", "none")})
     return values
 
 

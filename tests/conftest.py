@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 import json  # noqa: E402
+import subprocess  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -118,3 +119,23 @@ def received_message(content: Any, message_type: str, dst_node_id: int) -> Any:
     msg.metadata.__dict__["_src_node_id"] = 1
     msg.metadata.dst_task_id = 2
     return msg
+
+
+def run_simulate(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a ``fedtext simulate`` command line on a Ray of its own.
+
+    A killed Ray leaves its address in /tmp/ray/ray_current_cluster, and a bare
+    ray.init() connects to it (and fails after a long timeout): the simulation
+    must start its own Ray instead.
+    """
+    stale = Path("/tmp/ray/ray_current_cluster")
+    saved = stale.read_text() if stale.exists() else None
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("127.0.0.1:9\n")  # nothing listens there
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    finally:
+        if saved is None:
+            stale.unlink(missing_ok=True)
+        else:
+            stale.write_text(saved)

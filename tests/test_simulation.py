@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_simulate
+
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
@@ -33,20 +35,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--max-examples", "330", "--max-test-examples", "150", "--batch-size", "16",
         "--local-epochs", "2", "--lr", "2e-3", "--seed", "7", "--out", str(out),
     ]
-    # A killed Ray leaves its address in /tmp/ray/ray_current_cluster, and a bare
-    # ray.init() connects to it (and fails after a long timeout): the
-    # simulation must start its own Ray instead.
-    stale = Path("/tmp/ray/ray_current_cluster")
-    saved = stale.read_text() if stale.exists() else None
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    stale.write_text("127.0.0.1:9\n")  # nothing listens there
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    finally:
-        if saved is None:
-            stale.unlink(missing_ok=True)
-        else:
-            stale.write_text(saved)
+    proc = run_simulate(cmd)
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0, f"simulate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert "round 2/2" in proc.stdout  # per-round progress was shown
