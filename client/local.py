@@ -24,9 +24,15 @@ from common.config import FedTextConfig
 from common.errors import ConfigError
 from common.freezing import load_trainable_state, trainable_state
 from common.messages import Instruction, evaluate_reply, parse_instruction, train_reply
+from common.model import (
+    MODEL_FIELDS,
+    build_model,
+    load_tokenizer,
+    pick_device,
+    silence_transformers,
+)
 from common.privacy.distributed import clip_update
 from common.privacy.dpsgd import train_private
-from common.model import MODEL_FIELDS, build_model, load_tokenizer, pick_device, silence_transformers
 from common.recipe import round_span
 from common.splits import ROWS_FIELDS, client_file_data, simulated_client_data
 from common.training import evaluate_model, train_model
@@ -125,11 +131,11 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     job = _prepare(content, context, "train")
     cfg = job.cfg
     device = pick_device()
-    how = dict(
-        seed=cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
-        proximal_mu=job.instruction.proximal_mu or cfg.proximal_mu,
-        span=round_span(job.instruction.server_round, cfg.rounds, cfg.lr_schedule),
-    )
+    how = {
+        "seed": cfg.seed + 1000 * job.instruction.server_round + job.partition_id,
+        "proximal_mu": job.instruction.proximal_mu or cfg.proximal_mu,
+        "span": round_span(job.instruction.server_round, cfg.rounds, cfg.lr_schedule),
+    }
     privacy: dict[str, float] = {}
     if cfg.dp == "record":
         plan, past = privacy_rules.record_level_round(context, cfg, len(job.train_rows), job.partition_id)

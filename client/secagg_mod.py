@@ -23,12 +23,28 @@ in ``context.state`` between stages, as plain data.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable
 
 from client.journal import note
 from common.config import FedTextConfig
-from common.messages import ARRAYS, CONFIG, DP_NOISE_FLOOR, METRICS, NUM_EXAMPLES, SECAGG, from_array_record
+from common.messages import (
+    ARRAYS,
+    CONFIG,
+    DP_NOISE_FLOOR,
+    METRICS,
+    NUM_EXAMPLES,
+    SECAGG,
+    from_array_record,
+)
 from common.messages import SECAGG_MASKED as MASKED
 
 STATE = "fedtext.secagg"  # context.state: protocol state between stages
@@ -117,7 +133,7 @@ def _take_update(context: Context) -> tuple[np.ndarray, int, int]:
     return update, weight, floor
 
 
-def _dp_noise(cfg, size: int, floor: int) -> np.ndarray | None:  # noqa: ANN001
+def _dp_noise(cfg: FedTextConfig, size: int, floor: int) -> np.ndarray | None:
     """This client's share of client-level DP noise, in quantization levels (None without DP).
 
     Each of the round's at least ``floor`` survivors adds 1/floor of the
@@ -125,7 +141,12 @@ def _dp_noise(cfg, size: int, floor: int) -> np.ndarray | None:  # noqa: ANN001
     """
     if cfg.dp != "client":
         return None
-    from common.privacy.distributed import client_noise_variance, levels_per_unit, noise_multiplier, skellam_noise
+    from common.privacy.distributed import (
+        client_noise_variance,
+        levels_per_unit,
+        noise_multiplier,
+        skellam_noise,
+    )
 
     if floor < 1:
         raise ValueError(f"secagg stage 2: dp client needs the instruction's '{DP_NOISE_FLOOR}' >= 1, got {floor}")

@@ -53,7 +53,13 @@ from common.messages import (
 from common.metrics import metrics_from_confusion, summary
 from common.splits import server_test_set
 from server.aggregation import Aggregation, PlainAggregation, apply_update
-from server.checkpoint import Checkpoint, check_arrays, load_for_resume, restore_strategy, write_checkpoint
+from server.checkpoint import (
+    Checkpoint,
+    check_arrays,
+    load_for_resume,
+    restore_strategy,
+    write_checkpoint,
+)
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
 from server.privacy import build_privacy

@@ -64,7 +64,12 @@ def federate(argv: list[str]) -> dict[str, Any]:
 def overhead(argv: list[str], steps: int = 8) -> dict[str, Any]:
     """Seconds per local step with and without DP-SGD, same model, rows and batch."""
     from common.config import FedTextConfig
-    from common.model import build_model, load_tokenizer, pick_device, silence_transformers
+    from common.model import (
+        build_model,
+        load_tokenizer,
+        pick_device,
+        silence_transformers,
+    )
     from common.privacy.dpsgd import plan_for, train_private
     from common.splits import client_share, server_test_set_and_pool
     from common.training import train_model
@@ -96,7 +101,7 @@ def report(path: str, overhead_path: str | None = None) -> str:
     """The privacy-utility table (markdown) of a JSON-lines file, written into docs/PRIVACY.md."""
     from common.reports import markers, replace_part, write_figures
 
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     keys = ("data", "clients", "partition", "freeze", "rounds", "fraction-train", "batch-size", "lr",
             "dp-clip", "num-hidden-layers", "secagg", "max-examples")
     lines = ["| # | dataset | setup | privacy | noise mult. | eps spent | accuracy | macro F1 | vs. non-private | wall | up |",
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["--overhead"]:
         print(json.dumps(overhead(args[1:])), flush=True)
         return 0
-    jobs = ([line.split() for line in open(args[1]) if line.strip() and not line.startswith("#")]
+    jobs = ([line.split() for line in Path(args[1]).read_text().splitlines() if line.strip() and not line.startswith("#")]
             if args[:1] == ["--jobs"] else [args])
     for job in jobs:
         print(json.dumps(federate(job)), flush=True)

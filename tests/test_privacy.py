@@ -15,8 +15,8 @@ from common.config import FedTextConfig, secagg_params
 from common.errors import ConfigError
 from common.privacy.accounting import Mechanism, calibrate, epsilon
 from common.privacy.distributed import (
-    clip_update,
     client_noise_variance,
+    clip_update,
     effective_noise_multiplier,
     levels_per_unit,
     noise_floor,

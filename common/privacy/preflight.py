@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
-from common.privacy.distributed import check_noise_range, levels_per_unit, noise_floor, noise_multiplier
+from common.privacy.distributed import (
+    check_noise_range,
+    levels_per_unit,
+    noise_floor,
+    noise_multiplier,
+)
 from common.privacy.dpsgd import plan_for
 
 if TYPE_CHECKING:
