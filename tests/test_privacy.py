@@ -439,3 +439,11 @@ def test_the_privacy_report_compares_each_private_run_with_its_non_private_one(
     assert "| record, eps 8 | 0.700 | 7.99 | 0.780 |" in table and "0.975x" in table
     assert (tmp_path / "PRIVACY.md").read_text().count("privacy-utility:begin") == 1
     assert json.loads((tmp_path / "benchmarks" / "privacy.json").read_text())["runs"][1]["final_acc"] == 0.78
+
+
+def test_the_default_tuning_space_adds_the_dp_knob() -> None:
+    from simulations.tuning.space import default_space
+
+    assert [p.key for p in default_space(FedTextConfig())] == ["lr", "batch-size", "local-epochs"]
+    assert default_space(FedTextConfig(dp="record"))[-1].key == "grad-accum-steps"
+    assert default_space(FedTextConfig(dp="client", dp_delta=1e-3))[-1].key == "dp-clip"

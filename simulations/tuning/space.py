@@ -236,13 +236,25 @@ def read_space_file(path: str | Path) -> list[Param]:
 
 
 def default_space(base: FedTextConfig) -> list[Param]:
-    """Learning rate around the freezing policy's default, batch size and local epochs."""
+    """Learning rate around the freezing policy's default, batch size and local epochs.
+
+    Under DP, the knob that trades noise against signal too: the expected
+    batch of a DP-SGD step (``grad-accum-steps``: noise per row falls as the
+    batch grows), or the clip of a client's update. Each trial spends its own
+    epsilon on the clients' rows: a study over private data spends more than
+    one run (docs/PRIVACY.md).
+    """
     lr = peak_lr(base)
-    return [
+    params = [
         Param("lr", "float", low=lr / 10, high=lr * 10, log=True),
         Param("batch-size", "categorical", choices=(8, 16, 32)),
         Param("local-epochs", "categorical", choices=(0.5, 1.0, 2.0)),
     ]
+    if base.dp == "record":
+        params.append(Param("grad-accum-steps", "categorical", choices=(1, 2, 4)))
+    elif base.dp == "client":
+        params.append(Param("dp-clip", "float", low=0.1, high=10.0, log=True))
+    return params
 
 
 def build_space(base: FedTextConfig, flags: list[str], file: str | None) -> SearchSpace:
