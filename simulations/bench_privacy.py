@@ -18,6 +18,7 @@ Three uses:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -127,10 +128,55 @@ def report(path: str, overhead_path: str | None = None) -> str:
             f"DP-SGD step overhead ({o.get('freeze', 'none')}, {o['trainable']:,} trainable, expected batch "
             f"{o['expected_batch']}): {o['dp_sgd_s_per_step']} s vs {o['plain_s_per_step']} s per step, "
             f"**{o['ratio']}x**." for o in (over if isinstance(over, list) else [over]))
+    population = extrapolate_population(rows)
+    if population:
+        figures["population"] = population
+        body += "\n\n" + population["line"]
     write_figures(DOCS, "privacy", figures)
     begin, end = markers("privacy-utility", COMMAND)
     replace_part(DOCS / "PRIVACY.md", begin, end, body, "# Differential privacy in fedtext")
     return body
+
+
+def extrapolate_population(rows: list[dict[str, Any]], target: float = 8.0,
+                           tolerance: float = 0.02) -> dict[str, Any] | None:
+    """The federation size at which client-level DP at ``target`` epsilon costs <= ``tolerance``.
+
+    What decides the accuracy is the noise on the mean update, sigma C / K
+    (K clients a round). Among the measured client-level runs within
+    ``tolerance`` of their non-private run, take the largest such noise; at the
+    same sampling rate q and rounds, the accountant gives the sigma that
+    ``target`` needs, and K = q N clients bring its noise on the mean down to
+    the measured one when N = sigma C / (q x noise).
+    """
+    from common.config import FedTextConfig
+    from common.privacy.distributed import noise_multiplier
+
+    base = {r.get("data"): r["final_acc"] for r in rows if r.get("dp", "none") == "none" and "clients" in r
+            and int(r["clients"]) >= 50}
+    fine = []
+    for r in rows:
+        if r.get("dp") != "client" or r.get("data") not in base or not r.get("noise_multiplier"):
+            continue
+        k = float(r.get("fraction-train", 1.0)) * int(r["clients"])
+        noise = r["noise_multiplier"] * float(r.get("dp-clip", 1.0)) / k
+        if r["final_acc"] >= base[r["data"]] - tolerance:
+            fine.append((noise, r))
+    if not fine:
+        return None
+    noise, r = max(fine, key=lambda x: x[0])
+    keys = {k: r[k] for k in ("rounds", "fraction-train", "dp-delta", "dp-clip") if k in r}
+    cfg = FedTextConfig.from_mapping({**keys, "dp": "client", "dp-epsilon": target, "secagg": False,
+                                      "clients": 1000})
+    sigma = noise_multiplier(cfg, 1)
+    q = cfg.fraction_train
+    population = math.ceil(sigma * cfg.dp_clip / (q * noise))
+    line = (f"Client-level DP at epsilon {target:g} (delta {cfg.dp_delta:g}, {cfg.rounds} rounds, q = {q:g}) "
+            f"needs noise multiplier {sigma:.3f}. The measured run '{r.get('tag')}' stayed within "
+            f"{tolerance * 100:.0f} points of its non-private run with noise {noise:.4f} on the mean update; "
+            f"at q = {q:g} that noise is reached with **about {population:,} clients** "
+            f"({math.ceil(q * population):,} a round), extrapolated from the accountant.")
+    return {"sigma": sigma, "noise_on_mean": noise, "clients": population, "from": r.get("tag"), "line": line}
 
 
 def main(argv: list[str] | None = None) -> int:

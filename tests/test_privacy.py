@@ -447,3 +447,17 @@ def test_the_default_tuning_space_adds_the_dp_knob() -> None:
     assert [p.key for p in default_space(FedTextConfig())] == ["lr", "batch-size", "local-epochs"]
     assert default_space(FedTextConfig(dp="record"))[-1].key == "grad-accum-steps"
     assert default_space(FedTextConfig(dp="client", dp_delta=1e-3))[-1].key == "dp-clip"
+
+
+def test_the_population_extrapolation_follows_the_noise_on_the_mean() -> None:
+    from simulations.bench_privacy import extrapolate_population
+
+    base = {"data": "d", "clients": "100", "fraction-train": "0.1"}
+    rows = [{**base, "final_acc": 0.80},
+            {**base, "dp": "client", "tag": "loose", "noise_multiplier": 0.2, "final_acc": 0.79},
+            {**base, "dp": "client", "tag": "tight", "noise_multiplier": 0.9, "final_acc": 0.60}]
+    found = extrapolate_population(rows)
+    assert found["from"] == "loose" and found["noise_on_mean"] == pytest.approx(0.02)
+    # sigma for epsilon 8 at q 0.1 over 10 rounds, over q x 0.02 noise on the mean.
+    assert found["clients"] == math.ceil(found["sigma"] / (0.1 * 0.02))
+    assert extrapolate_population(rows[:1] + rows[2:]) is None
