@@ -461,3 +461,16 @@ def test_the_population_extrapolation_follows_the_noise_on_the_mean() -> None:
     # sigma for epsilon 8 at q 0.1 over 10 rounds, over q x 0.02 noise on the mean.
     assert found["clients"] == math.ceil(found["sigma"] / (0.1 * 0.02))
     assert extrapolate_population(rows[:1] + rows[2:]) is None
+
+
+def test_dp_off_decodes_the_secagg_sum_bit_for_bit_as_before() -> None:
+    from common.secagg import SecAggParams
+
+    params = SecAggParams(clip=0.5, bits=24, max_weight=10000)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(0, 0.1, 50_000).astype(np.float32) for _ in range(5)]
+    total = sum(encode_update(x, 100 + i, params) for i, x in enumerate(xs)).astype(np.uint32)
+    mean, weight = decode_sum(total, 5, params)
+    # The decoding before the centred reading existed: (W / S_w)(S 2C / L - n C).
+    before = ((total[:-1].astype(np.float64) * (2 * 0.5 / params.levels) - 5 * 0.5) * (10000 / weight)).astype(np.float32)
+    assert mean.tobytes() == before.tobytes()

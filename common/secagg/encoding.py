@@ -175,12 +175,15 @@ def decode_sum(total: np.ndarray, num_summed: int, params: SecAggParams) -> tupl
     for start in range(0, m, size):
         count = min(size, m - start)
         part = buf[:count]
-        # S_q - floor(n L / 2) as a signed 32-bit number: the sum's offset
-        # removed exactly, even where noise took S_q below 0 or above 2**32.
+        # S_q, exactly: S - floor(n L / 2) read as a signed 32-bit number, plus
+        # floor(n L / 2) back. Without noise that is S itself (the arithmetic
+        # below is then the same as before DP existed); with noise it also
+        # holds where the noise took S_q below 0 or past 2**32.
         centred = (total[start : start + count] - np.uint32(offset % (1 << 32))).view(np.int32)
+        np.add(centred, float(offset), out=part, dtype=np.float64)
         # (W / S_w) * (S_q * 2C / L - n C), in float64, one cache-sized slice at a time.
-        np.multiply(centred, 2.0 * clip / levels, out=part, dtype=np.float64)
-        part += (offset * 2.0 * clip / levels) - num_summed * clip
+        part *= 2.0 * clip / levels
+        part -= num_summed * clip
         part *= params.max_weight / total_weight
         mean[start : start + count] = part
     return mean, total_weight
