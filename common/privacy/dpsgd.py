@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -126,7 +127,11 @@ def private_module(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     wrapped = GradSampleModule(model, loss_reduction="mean", strict=True)
     wrapped.fedtext_batch = batch
     try:
-        yield wrapped
+        with warnings.catch_warnings():
+            # Opacus' hooks on the first layers, whose inputs (token ids) need
+            # no gradient: torch says so once per backward, and it is expected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            yield wrapped
     finally:
         wrapped._close()
         for handle in handles:
