@@ -474,3 +474,20 @@ def test_dp_off_decodes_the_secagg_sum_bit_for_bit_as_before() -> None:
     # The decoding before the centred reading existed: (W / S_w)(S 2C / L - n C).
     before = ((total[:-1].astype(np.float64) * (2 * 0.5 / params.levels) - 5 * 0.5) * (10000 / weight)).astype(np.float32)
     assert mean.tobytes() == before.tobytes()
+
+
+def test_the_readme_dp_commands_are_valid_configs() -> None:
+    import re
+    import shlex
+
+    from common.config import config_from_args
+    from simulations.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = [" ".join(c.split()) for c in re.findall(r"^fedtext simulate --dp (?:.*\\\n)*.*$", readme, re.M)]
+    commands = [c.replace("\\ ", "") for c in commands]
+    assert len(commands) == 2
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        cfg = config_from_args(args)
+        assert cfg.dp in ("record", "client") and cfg.dp_epsilon == 8.0
