@@ -168,11 +168,14 @@ def extrapolate_population(rows: list[dict[str, Any]], target: float = 8.0,
     keys = {k: r[k] for k in ("rounds", "fraction-train", "dp-delta", "dp-clip") if k in r}
     cfg = FedTextConfig.from_mapping({**keys, "dp": "client", "dp-epsilon": target, "secagg": False,
                                       "clients": 1000})
-    sigma = noise_multiplier(cfg, 1)
+    # The noise a round carries is the calibrated one times what the run's own
+    # rounds carried over theirs (under SecAgg, sqrt(survivors / noise floor)).
+    carried = r["noise_multiplier"] / noise_multiplier(cfg.replace(dp_epsilon=float(r["dp-epsilon"])), 1)
+    sigma = noise_multiplier(cfg, 1) * carried
     q = cfg.fraction_train
     population = math.ceil(sigma * cfg.dp_clip / (q * noise))
     line = (f"Client-level DP at epsilon {target:g} (delta {cfg.dp_delta:g}, {cfg.rounds} rounds, q = {q:g}) "
-            f"needs noise multiplier {sigma:.3f}. The measured run '{r.get('tag')}' stayed within "
+            f"carries noise multiplier {sigma:.3f} a round. The measured run '{r.get('tag')}' stayed within "
             f"{tolerance * 100:.0f} points of its non-private run with noise {noise:.4f} on the mean update; "
             f"at q = {q:g} that noise is reached with **about {population:,} clients** "
             f"({math.ceil(q * population):,} a round), extrapolated from the accountant.")

@@ -454,8 +454,8 @@ def test_the_population_extrapolation_follows_the_noise_on_the_mean() -> None:
 
     base = {"data": "d", "clients": "100", "fraction-train": "0.1"}
     rows = [{**base, "final_acc": 0.80},
-            {**base, "dp": "client", "tag": "loose", "noise_multiplier": 0.2, "final_acc": 0.79},
-            {**base, "dp": "client", "tag": "tight", "noise_multiplier": 0.9, "final_acc": 0.60}]
+            {**base, "dp": "client", "dp-epsilon": "200", "tag": "loose", "noise_multiplier": 0.2, "final_acc": 0.79},
+            {**base, "dp": "client", "dp-epsilon": "8", "tag": "tight", "noise_multiplier": 0.9, "final_acc": 0.60}]
     found = extrapolate_population(rows)
     assert found["from"] == "loose" and found["noise_on_mean"] == pytest.approx(0.02)
     # sigma for epsilon 8 at q 0.1 over 10 rounds, over q x 0.02 noise on the mean.
