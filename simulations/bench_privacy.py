@@ -104,7 +104,8 @@ def report(path: str, overhead_path: str | None = None) -> str:
 
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     keys = ("data", "clients", "partition", "freeze", "rounds", "fraction-train", "batch-size", "lr",
-            "dp-clip", "num-hidden-layers", "secagg", "max-examples")
+            "grad-accum-steps", "local-epochs", "min-local-steps", "dp-clip", "num-hidden-layers", "secagg",
+            "max-examples")
     lines = ["| # | dataset | setup | privacy | noise mult. | eps spent | accuracy | macro F1 | vs. non-private | wall | up |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     baseline: dict[str, float] = {}
