@@ -143,15 +143,14 @@ def _dp_noise(cfg: FedTextConfig, size: int, floor: int) -> np.ndarray | None:
         return None
     from common.privacy.distributed import (
         client_noise_variance,
-        levels_per_unit,
         noise_multiplier,
+        run_scale,
         skellam_noise,
     )
 
     if floor < 1:
         raise ValueError(f"secagg stage 2: dp client needs the instruction's '{DP_NOISE_FLOOR}' >= 1, got {floor}")
-    scale = levels_per_unit((1 << cfg.secagg_bits) - 1, cfg.secagg_clip)
-    variance = client_noise_variance(noise_multiplier(cfg, size), cfg.dp_clip, scale, floor)
+    variance = client_noise_variance(noise_multiplier(cfg, size), cfg.dp_clip, run_scale(cfg), floor)
     return skellam_noise(size, variance)
 
 

@@ -32,10 +32,10 @@ from common.privacy.accounting import Mechanism, epsilon
 from common.privacy.distributed import (
     effective_noise_multiplier,
     gaussian_noise,
-    levels_per_unit,
     noise_floor,
     noise_multiplier,
     round_mechanism,
+    run_scale,
 )
 from server.aggregation import RoundUpdate
 
@@ -101,7 +101,7 @@ class ClientLevelPrivacy(NoPrivacy):
         self.cfg = cfg
         self.num_values = num_values
         self.sigma = noise_multiplier(cfg, num_values)
-        self.scale = levels_per_unit((1 << cfg.secagg_bits) - 1, cfg.secagg_clip)
+        self.scale = run_scale(cfg)
         self.events: list[Mechanism] = []
         self.floor = 0
         self.round_sigma: float | None = None

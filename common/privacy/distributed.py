@@ -75,7 +75,7 @@ def noise_multiplier(cfg: FedTextConfig, num_values: int) -> float:
                          cfg.dp_accountant)
     if not cfg.secagg:
         return needed
-    scale = levels_per_unit((1 << cfg.secagg_bits) - 1, cfg.secagg_clip)
+    scale = run_scale(cfg)
     return needed * (cfg.dp_clip * scale + math.sqrt(num_values)) / (cfg.dp_clip * scale)
 
 
@@ -100,6 +100,11 @@ def noise_floor(sampled: int, threshold: float) -> int:
 def levels_per_unit(levels: int, element_clip: float) -> float:
     """s: quantization levels per unit of update (``common.secagg.encoding``, weight 1)."""
     return levels / (2.0 * element_clip)
+
+
+def run_scale(cfg: FedTextConfig) -> float:
+    """s for a run's ``secagg-bits`` and ``secagg-clip``."""
+    return levels_per_unit((1 << cfg.secagg_bits) - 1, cfg.secagg_clip)
 
 
 def client_noise_variance(sigma: float, clip: float, scale: float, floor: int) -> float:

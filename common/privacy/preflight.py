@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from common.errors import ConfigError
 from common.privacy.distributed import (
     check_noise_range,
-    levels_per_unit,
     noise_floor,
     noise_multiplier,
+    run_scale,
 )
 from common.privacy.dpsgd import plan_for
 
@@ -50,10 +50,9 @@ def check_plan(cfg: FedTextConfig, num_values: int, client_rows: Sequence[int] =
         return line + ", added by the server (--no-secagg)"
     sampled = max(1, math.ceil(cfg.fraction_train * cfg.clients - 1e-9))
     floor = noise_floor(sampled, cfg.secagg_threshold)
-    levels = (1 << cfg.secagg_bits) - 1
     try:
-        check_noise_range(levels, cfg.secagg_bits, cfg.clients, sigma, cfg.dp_clip,
-                          levels_per_unit(levels, cfg.secagg_clip), floor)
+        check_noise_range((1 << cfg.secagg_bits) - 1, cfg.secagg_bits, cfg.clients, sigma, cfg.dp_clip,
+                          run_scale(cfg), floor)
     except ValueError as exc:
         raise ConfigError(f"config key 'secagg-bits': {exc}") from None
     return line + f", added by the clients under SecAgg (each 1/{floor} of it)"
