@@ -40,6 +40,19 @@ def flwr_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def offline_environment() -> None:
+    """This process's Hugging Face settings: nothing fetched from the hub, no progress bars.
+
+    Offline, a missing file fails fast instead of retrying downloads; per-call
+    progress bars (weights loaded, indices flattened) drown the round lines.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for Flower processes; apps inherit the SuperLink's."""
     env = dict(os.environ)

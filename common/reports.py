@@ -38,3 +38,9 @@ def replace_part(path: Path, begin: str, end: str, body: str, heading: str) -> P
     after = rest.split(end, 1)[1]
     path.write_text(f"{before}{begin}\n\n{body}\n{end}{after}")
     return path
+
+
+def read_jobs(path: str | Path) -> list[list[str]]:
+    """A benchmark's jobs file: one job's ``KEY=VALUE`` arguments per line; ``#`` starts a comment line."""
+    lines = Path(path).read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.startswith("#")]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -184,9 +183,10 @@ def extrapolate_population(rows: list[dict[str, Any]], target: float = 8.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from common.processes import offline_environment
+    from common.reports import read_jobs
+
+    offline_environment()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--report"]:
         print(report(args[1], args[2] if len(args) > 2 else None))
@@ -194,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["--overhead"]:
         print(json.dumps(overhead(args[1:])), flush=True)
         return 0
-    jobs = ([line.split() for line in Path(args[1]).read_text().splitlines() if line.strip() and not line.startswith("#")]
-            if args[:1] == ["--jobs"] else [args])
+    jobs = read_jobs(args[1]) if args[:1] == ["--jobs"] else [args]
     for job in jobs:
         print(json.dumps(federate(job)), flush=True)
     return 0

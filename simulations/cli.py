@@ -28,19 +28,10 @@ from collections.abc import Callable
 
 from common.config import FedTextConfig, add_config_arguments, config_from_args, given_keys
 from common.errors import FedTextError
+from common.processes import offline_environment
 
 TRAINING_KEYS = FedTextConfig.keys("training")  # describe a fine-tuning run
 FEDERATION_KEYS = FedTextConfig.keys("federation")  # how clients are coordinated
-
-
-def _offline_env() -> None:
-    # Nothing is fetched from the hub; fail fast instead of retrying downloads.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Per-call progress bars (weights loaded, indices flattened) drown the round lines.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -229,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedtext`` console script."""
     from common.processes import install_signal_handlers
 
-    _offline_env()
+    offline_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (a scheduler, `kill`, a benchmark driver) ends a command like Ctrl-C,

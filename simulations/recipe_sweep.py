@@ -23,7 +23,6 @@ after every round. ``--jobs FILE`` runs one such line of arguments per line;
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -122,15 +121,16 @@ def report(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from common.processes import offline_environment
+    from common.reports import read_jobs
+
+    offline_environment()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--report"]:
         print(report(args[1]))
         return 0
     if args[:1] == ["--jobs"]:
-        jobs = [line.split() for line in open(args[1]) if line.strip() and not line.startswith("#")]
+        jobs = read_jobs(args[1])
     else:
         jobs = [args]
     for job in jobs:
