@@ -1,11 +1,15 @@
 """The fedtext ClientApp: Flower calls these handlers with the server's instructions.
 
 In deployment every message starts a fresh ``flwr-clientapp`` process, so this
-module imports only Flower and the message contract; torch and transformers
-are imported inside the handlers, by ``client.local``.
+module imports only Flower and the message contract. Train and evaluate go to
+the node's warm worker when ``fedtext client`` started one (``client.worker``);
+otherwise torch and transformers are imported inside the handlers, by
+``client.local``.
 """
 
-from flwr.app import Context, Message
+import logging
+
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.journal import note
@@ -13,6 +17,7 @@ from client.secagg_mod import secagg_mod
 from common.messages import ARRAYS, RUN_END, SECAGG, parse_run_end_notice, record_bytes
 
 app = ClientApp()
+log = logging.getLogger("fedtext.client")
 
 
 # secagg_mod runs the secure-aggregation stages around this handler: the
@@ -20,9 +25,7 @@ app = ClientApp()
 @app.train(mods=[secagg_mod])
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply with the update."""
-    from client.local import train_locally
-
-    reply = train_locally(msg.content, context)
+    reply = _carry_out("train", msg.content, context)
     if SECAGG not in msg.content.config_records:  # else secagg_mod notes the masked upload
         note(context, "sent", bytes=record_bytes(reply.array_records[ARRAYS]), masked=False)
     return Message(reply, reply_to=msg)
@@ -31,9 +34,21 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local held-out rows."""
-    from client.local import evaluate_locally
+    return Message(_carry_out("evaluate", msg.content, context), reply_to=msg)
 
-    return Message(evaluate_locally(msg.content, context), reply_to=msg)
+
+def _carry_out(op: str, content: RecordDict, context: Context) -> RecordDict:
+    """Train or evaluate: in the node's warm worker when it has one, else here."""
+    from client.worker import WORKER, WorkerUnavailable, delegate
+
+    if WORKER in context.node_config:
+        try:
+            return delegate(op, content, context)
+        except WorkerUnavailable as exc:
+            log.warning("%s; working in the ClientApp process instead", exc)
+    from client import local
+
+    return local.train_locally(content, context) if op == "train" else local.evaluate_locally(content, context)
 
 
 @app.query(RUN_END.split(".", 1)[1])

@@ -96,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads each ClientApp process trains with (OMP_NUM_THREADS); "
                              "0: torch's default, every core. Give each of several clients on one "
                              "machine its share of the cores.")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="Train and evaluate in Flower's fresh ClientApp process for each message, "
+                             "importing torch and loading the model every time (default: a warm worker "
+                             "process of this client keeps them loaded between messages).")
     parser.add_argument("--stay", action="store_true",
                         help="Keep serving later runs after the run this client joined ends "
                              "(default: exit 0 when it ends).")
@@ -213,10 +217,15 @@ def check_local_port(port: int) -> int:
     return port
 
 
-def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal: Path) -> Path:
-    """The SuperNode's node config as a TOML file (any path survives the quoting)."""
+def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal: Path,
+                      worker: tuple[Path, Path] | None = None) -> Path:
+    """The SuperNode's node config as a TOML file (any path survives the quoting).
+
+    ``worker``: the warm worker's (socket, key file), when this client runs one.
+    """
     from client.journal import STATUS_FILE
     from client.privacy import LEDGER_FILE
+    from client.worker import WORKER, WORKER_KEY
     from common.config import toml_value
 
     lines = [
@@ -228,6 +237,9 @@ def write_node_config(home: Path, data: Path, args: argparse.Namespace, journal:
         # with the node so that a resumed run continues its accounting.
         f"{LEDGER_FILE} = {toml_value(str(home / 'privacy-ledger.json'))}",
     ]
+    if worker is not None:
+        lines.append(f"{WORKER} = {toml_value(str(worker[0]))}")
+        lines.append(f"{WORKER_KEY} = {toml_value(str(worker[1]))}")
     if args.partition_id is not None:
         lines.append(f"partition-id = {int(args.partition_id)}")
     if args.identity is not None:
@@ -274,33 +286,48 @@ def run(args: argparse.Namespace) -> int:
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
 
-    from client.journal import JournalReader, RoundReporter
-    from common.processes import flower_env, flwr_bin, install_signal_handlers
+    from client.worker import start_worker
+    from common.processes import flower_env, flwr_bin
 
+    superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     journal = home / "status.jsonl"
     journal.write_text("")  # this session's events only
-    node_config = write_node_config(home, data_path, args, journal)
-    superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    cmd = [flwr_bin("flower-supernode"), "--superlink", superlink,
-           "--node-config", str(node_config), "--isolation", "subprocess",
-           "--host", "127.0.0.1", "--port", str(local_port),
-           # Flower's own retry limit: without it a SuperNode whose server is gone
-           # retries forever.
-           "--max-wait-time", str(args.server_timeout)]
-    if args.insecure:
-        cmd.append("--insecure")
-        print("fedtext client: warning: --insecure: plain HTTP, no SuperNode authentication; "
-              "throw-away local tests only", file=sys.stderr)
-    else:
-        cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
-    say(f"joining {superlink} with {data_path} "
-        f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home})")
+    env = flower_env(home, threads_env(args.threads))
+    worker = None if args.no_worker else start_worker(home, env)
+    try:
+        node_config = write_node_config(home, data_path, args, journal, worker.address if worker else None)
+        cmd = [flwr_bin("flower-supernode"), "--superlink", superlink,
+               "--node-config", str(node_config), "--isolation", "subprocess",
+               "--host", "127.0.0.1", "--port", str(local_port),
+               # Flower's own retry limit: without it a SuperNode whose server is gone
+               # retries forever.
+               "--max-wait-time", str(args.server_timeout)]
+        if args.insecure:
+            cmd.append("--insecure")
+            print("fedtext client: warning: --insecure: plain HTTP, no SuperNode authentication; "
+                  "throw-away local tests only", file=sys.stderr)
+        else:
+            cmd += ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+        say(f"joining {superlink} with {data_path} "
+            f"(rows stay here; ClientApp API on 127.0.0.1:{local_port}, state in {home}"
+            f"{'' if worker else '; no warm worker'})")
+        return serve_federation(cmd, env, superlink, journal, args)
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def serve_federation(cmd: list[str], env: dict[str, str], superlink: str, journal: Path,
+                     args: argparse.Namespace) -> int:
+    """Run the SuperNode (again, while joining) until the run ends or the server is gone."""
+    from client.journal import JournalReader, RoundReporter
+    from common.processes import install_signal_handlers
 
     session = ClientSession(JournalReader(journal), RoundReporter(), stay=args.stay)
     deadline = time.monotonic() + args.join_timeout
     wait = 5.0
     while True:
-        outcome = run_supernode(cmd, flower_env(home, threads_env(args.threads)), session)
+        outcome = run_supernode(cmd, env, session)
         if outcome.run_ended:
             say(f"done: {session.reporter.summary()}")
             return 0

@@ -75,6 +75,11 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
             # set is kept (a cluster of their own).
             "RAY_ADDRESS": os.environ.get("RAY_ADDRESS") or "local",
             "PYTHONUNBUFFERED": "1",
+            # flower-superexec looks for a message to start a ClientApp (or a
+            # run to start a ServerApp) for once a second by default: up to 1 s
+            # per message, five messages a round under SecAgg+. A tenth of
+            # that costs a local request ten times a second.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
     )
     # flower-superlink spawns flower-superexec by name: find it next to Python.

@@ -38,6 +38,7 @@ from common.messages import (
     record_bytes,
     to_array_record,
 )
+from server.exchange import exchange
 
 log = logging.getLogger("fedtext.server")
 
@@ -128,7 +129,7 @@ class PlainAggregation:
     ) -> RoundUpdate:
         """Send the train instructions and average the valid updates."""
         bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
-        replies = list(grid.send_and_receive(instructions, timeout=timeout))
+        replies = exchange(grid, instructions, timeout)
         problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
         total = 0
         summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}

@@ -60,6 +60,7 @@ from server.checkpoint import (
     restore_strategy,
     write_checkpoint,
 )
+from server.exchange import exchange
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
 from server.privacy import build_privacy
@@ -227,7 +228,7 @@ def evaluate_on_clients(
     sent = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     loss_sum, count, evaluated, problems = 0.0, 0, 0, []
-    for reply in grid.send_and_receive(instructions, timeout=timeout):
+    for reply in exchange(grid, instructions, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             problems.append(f"node {node}: {reply.error.reason}")
@@ -264,7 +265,7 @@ def announce_end(grid: Grid, status: str, timeout: float = 30.0) -> int:
     if not nodes:
         return 0
     notices = [Message(run_end_notice(status), dst_node_id=node, message_type=RUN_END) for node in nodes]
-    replies = list(grid.send_and_receive(notices, timeout=timeout))
+    replies = exchange(grid, notices, timeout)
     acknowledged = sum(not reply.has_error() for reply in replies)
     log.info("run %s: told %d of %d connected clients", status, acknowledged, len(nodes))
     return acknowledged

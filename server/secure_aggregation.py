@@ -34,6 +34,7 @@ from common.messages import ARRAYS, METRICS, SECAGG, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
 from server.aggregation import RoundUpdate, client_mean_metrics
+from server.exchange import exchange
 
 log = logging.getLogger("fedtext.server")
 
@@ -121,7 +122,7 @@ class SecureAggregation:
             traffic.down += _config_bytes(request)
             messages.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
         replies: dict[int, Message] = {}
-        for reply in grid.send_and_receive(messages, timeout=timeout):
+        for reply in exchange(grid, messages, timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 problems.append(f"node {node}: {reply.error.reason}")

@@ -5,10 +5,13 @@ The same rows, model, rounds and SecAgg+ both ways, on this machine:
 1. **simulate**: ``fedtext simulate`` over one file whose ``client`` column
    gives each simulated client the rows of one deployed client
    (``--partition column:client``); Ray gives each client ``--client-cpus 1``;
-2. **deploy**: ``fedtext server --insecure`` on localhost and one ``fedtext
-   client`` per file, all with torch's default threads (every core each);
-3. **deploy, --threads**: the same with ``fedtext client --threads`` giving
-   each client its share of the cores, as Ray does in the simulation.
+2. **deploy --threads N --no-worker**: ``fedtext server --insecure`` on
+   localhost and one ``fedtext client`` per file, each with its share of the
+   cores (as Ray gives the simulation's clients), training in Flower's fresh
+   ClientApp process per message;
+3. **deploy --threads N**: the same with each client's warm worker
+   (``client/worker.py``), the default;
+4. **deploy**: the default flags, torch's default threads (every core each).
 
 Per run it reads the rounds' seconds from ``metrics.json`` (the server's
 clock, instruction to aggregate) and each client's training seconds from its
@@ -73,7 +76,8 @@ def run_simulation(out: Path, pooled: Path, test: Path, clients: int, common: li
     return {"exit_code": code, "wall_s": round(time.perf_counter() - started, 1), **rounds_of(out)}
 
 
-def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], threads: int) -> dict[str, Any]:
+def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], client_flags: list[str]
+                   ) -> dict[str, Any]:
     from common.processes import free_port
 
     port = free_port()
@@ -90,7 +94,7 @@ def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], 
             logs.append(out / f"client-{i}.out")
             clients.append(subprocess.Popen(
                 fedtext("client", "--insecure", "--server", f"127.0.0.1:{port}", "--data", str(path),
-                        "--home", str(out / f"home-{i}"), "--threads", str(threads)),
+                        "--home", str(out / f"home-{i}"), *client_flags),
                 cwd=REPO, stdout=logs[-1].open("wb"), stderr=subprocess.STDOUT))
         code = server.wait(timeout=3600)
         client_codes = [c.wait(timeout=120) for c in clients]
@@ -103,7 +107,7 @@ def run_deployment(out: Path, files: list[Path], test: Path, common: list[str], 
     for log in logs:
         for rnd, seconds in TRAINED.findall(log.read_text(errors="replace")):
             train_s.setdefault(int(rnd), []).append(float(seconds))
-    result = {"exit_code": code, "client_exit_codes": client_codes, "threads": threads,
+    result = {"exit_code": code, "client_exit_codes": client_codes, "client_flags": client_flags,
               "wall_s": round(time.perf_counter() - started, 1), **rounds_of(out / "run")}
     result["client_train_s"] = {str(r): v for r, v in sorted(train_s.items())}
     return result
@@ -121,6 +125,8 @@ def process_costs(repeats: int = 3) -> dict[str, float]:
     probes = {
         "python_and_flower_s": "import flwr.app",
         "secagg_exchange_s": "import client.app, common.secagg",
+        # With a warm worker the ClientApp only forwards the message.
+        "worker_message_s": "import client.app, client.worker, flwr.common.serde",
         "train_message_s": ("import client.app, client.local, torch, transformers; "
                             "from common.config import FedTextConfig; from common.model import build_model; "
                             "build_model(FedTextConfig(), ['fresh', 'rotten'])"),
@@ -150,6 +156,15 @@ def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, An
     return out
 
 
+def previous_summary(docs: Path) -> dict[str, Any] | None:
+    """The last report's summary, kept as "before" when it came from earlier code."""
+    path = docs / "benchmarks" / "deploy.json"
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return old.get("before") or {"finished": old.get("finished"), "summary": old.get("summary")}
+
+
 def markdown(doc: dict[str, Any]) -> str:
     sim = doc["runs"]["simulate"]
     lines = [f"Command: `{doc['command']}` (finished {doc['finished']}; figures in "
@@ -166,9 +181,17 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
               f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "
               f"{c['secagg_exchange_s']:.1f} s; a train or evaluate message (torch, transformers, the model) "
-              f"{c['train_message_s']:.1f} s. A round is 5 messages per client (4 SecAgg+ exchanges, "
-              "evaluation); Flower's SuperNode also waits up to 3 s between pulls when idle.",
+              f"{c['train_message_s']:.1f} s without a worker, {c.get('worker_message_s', float('nan')):.1f} s "
+              "when it hands the work to the node's warm worker. A round is 5 messages per client (4 SecAgg+ "
+              "exchanges, evaluation); Flower's SuperNode waits up to 3 s between pulls when idle (fixed in "
+              "Flower), and fedtext's server collects replies every 0.1 s (Flower's deployed grid: every 3 s).",
               f"- Simulation: {sim['wall_s']:.0f} s wall; rounds {', '.join(f'{x:.0f}' for x in sim['round_s'])} s."]
+    before = doc.get("before")
+    if before and before.get("summary"):
+        rows = "; ".join(f"{s['run']}: {s['round_s_2plus']:.1f} s ({s['vs_simulation']:.2f} x), "
+                         f"{s.get('not_training_s', '?')} s not training" for s in before["summary"][1:])
+        lines.append(f"- Before the warm worker and the faster polling (report of {before['finished']}, "
+                     f"same command): {rows}.")
     return "\n".join(lines) + "\n"
 
 
@@ -196,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     share = max(1, (os.cpu_count() or 1) // args.clients)
     runs = {"simulate": run_simulation(out / "simulate", pooled, test, args.clients, common)}
     print(json.dumps({"simulate": runs["simulate"]}), flush=True)
-    for name, threads in (("deploy", 0), (f"deploy --threads {share}", share)):
-        runs[name] = run_deployment(out / name.replace(" ", "_").replace("--", ""), files, test, common, threads)
+    variants = [["--threads", str(share), "--no-worker"], ["--threads", str(share)], []]
+    for flags in variants:
+        name = " ".join(["deploy", *flags])
+        runs[name] = run_deployment(out / name.replace(" ", "_").replace("--", ""), files, test, common, flags)
         print(json.dumps({name: runs[name]}), flush=True)
     doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "clients": args.clients,
            "rows": args.rows, "runs": runs, "process_costs": process_costs(),
-           "summary": [summarise(n, r, runs["simulate"]) for n, r in runs.items()]}
+           "summary": [summarise(n, r, runs["simulate"]) for n, r in runs.items()],
+           "before": previous_summary(Path(args.docs))}
     print(f"wrote {write_report(doc, Path(args.docs))}")
     return 0 if all(r["exit_code"] == 0 for r in runs.values()) else 1
 

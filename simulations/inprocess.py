@@ -24,7 +24,28 @@ from client.app import app as client_app
 from common.config import FedTextConfig
 
 
-class InProcessGrid(Grid):
+class MessageOnlyGrid(Grid):
+    """A Grid that only moves messages, which is all fedtext's round loop asks of one.
+
+    Subclasses give ``get_node_ids``, ``push_messages``, ``pull_messages`` and
+    ``send_and_receive``; the run-management methods raise.
+    """
+
+    def set_run(self, run_id: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        raise NotImplementedError
+
+    def get_nodes(self) -> Any:
+        raise NotImplementedError
+
+
+class InProcessGrid(MessageOnlyGrid):
     """``clients`` simulated nodes, partition ids 0..clients-1, answering in turn."""
 
     def __init__(self, cfg: FedTextConfig) -> None:
@@ -36,16 +57,19 @@ class InProcessGrid(Grid):
             for node, pid in self.nodes.items()
         }
         self._ids = itertools.count(1)
+        self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message to its node's ClientApp now; its reply waits for a pull."""
+        ids = []
         for message in messages:
             node = message.metadata.dst_node_id
             # What the SuperLink fills in on delivery.
-            message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
+            message_id = f"m{next(self._ids)}"
+            message.metadata.__dict__["_message_id"] = message_id
             message.metadata.__dict__["_src_node_id"] = 0
             try:
                 reply = client_app(message, self.contexts[node])
@@ -53,25 +77,13 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                                       reason=f"{type(exc)}:<'{exc}'>"), reply_to=message)
             reply.metadata.__dict__["_src_node_id"] = node
-            replies.append(reply)
-        return replies
-
-    # The round loop uses only the two methods above.
-    def set_run(self, run_id: int) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self) -> Any:
-        raise NotImplementedError
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        raise NotImplementedError
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
+            self._replies[message_id] = reply
+            ids.append(message_id)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
-    def get_nodes(self) -> Any:
-        raise NotImplementedError
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.pull_messages(self.push_messages(messages)))
+

@@ -1,0 +1,68 @@
+"""server/exchange.py: push the instructions, pull the replies as they arrive, give up at the timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from flwr.app import Message, RecordDict
+
+from server import exchange as exchange_module
+from server.exchange import exchange
+from simulations.inprocess import MessageOnlyGrid
+from tests.conftest import received_message
+
+
+class SlowGrid(MessageOnlyGrid):
+    """Node n's reply becomes available at its n-th pull; nodes in ``silent`` never answer."""
+
+    def __init__(self, silent: Iterable[int] = ()) -> None:
+        self.silent = set(silent)
+        self.pulls = 0
+        self.pending: dict[str, tuple[int, Message]] = {}
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            incoming = received_message(message.content, "train", node)
+            incoming.metadata.__dict__["_message_id"] = f"m{node}"
+            reply = Message(RecordDict(), reply_to=incoming)
+            reply.metadata.__dict__["_src_node_id"] = node
+            if node not in self.silent:
+                self.pending[f"m{node}"] = (node, reply)
+            ids.append(f"m{node}")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        ready = [i for i in message_ids if i in self.pending and self.pending[i][0] <= self.pulls]
+        return [self.pending.pop(i)[1] for i in ready]
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [1, 2, 3]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise AssertionError("exchange must not wait at the grid's own pull interval")
+
+
+def _instructions() -> list[Message]:
+    return [Message(RecordDict(), dst_node_id=node, message_type="train") for node in (1, 2, 3)]
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_replies_are_collected_as_they_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exchange_module, "POLL_S", 0.001)
+    grid = SlowGrid()
+    replies = exchange(grid, _instructions(), timeout=None)
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2, 3]
+    assert grid.pulls == 3  # stopped at the pull that brought the last reply
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_a_silent_node_is_left_out_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exchange_module, "POLL_S", 0.001)
+    grid = SlowGrid(silent=[2])
+    replies = exchange(grid, _instructions(), timeout=0.05)
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 3]
+    assert grid.pulls > 3  # it kept pulling until the timeout
