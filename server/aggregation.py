@@ -20,6 +20,7 @@ textbook update while seeing only the aggregate (tests/test_strategy_maths.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +62,9 @@ class RoundUpdate:
         Payload bytes received from / sent to clients this round.
     problems : list[str]
         One line per client left out of the aggregate, and why.
+    phases : dict[str, float]
+        Seconds of each exchange of the round ("train", or the four SecAgg+
+        stages), from sending to the last reply: where a round's time goes.
     """
 
     mean_update: dict[str, np.ndarray]
@@ -70,6 +74,7 @@ class RoundUpdate:
     bytes_up: int = 0
     bytes_down: int = 0
     problems: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -78,7 +83,7 @@ class RoundUpdate:
 
     def discarded(self, why: str) -> RoundUpdate:
         """This round with its aggregate thrown away (traffic and problems kept, ``why`` added)."""
-        return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why])
+        return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why], self.phases)
 
 
 class Aggregation(Protocol):
@@ -129,7 +134,9 @@ class PlainAggregation:
     ) -> RoundUpdate:
         """Send the train instructions and average the valid updates."""
         bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
+        started = time.perf_counter()
         replies = exchange(grid, instructions, timeout)
+        phases = {"train": round(time.perf_counter() - started, 3)}
         problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
         total = 0
         summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
@@ -153,11 +160,11 @@ class PlainAggregation:
         for line in problems:
             log.warning("round update left out: %s", line)
         if total == 0:
-            return RoundUpdate({}, 0, 0, {}, bytes_up, bytes_down, problems)
+            return RoundUpdate({}, 0, 0, {}, bytes_up, bytes_down, problems, phases)
         mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
         return RoundUpdate(
             mean, total, len(weights), client_mean_metrics(metrics),
-            bytes_up, bytes_down, problems,
+            bytes_up, bytes_down, problems, phases,
         )
 
 

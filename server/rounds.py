@@ -143,8 +143,13 @@ def run_federation(
         else:
             arrays = apply_update(strategy, server_round, arrays, update)
             model.load(arrays)
+        phases = dict(update.phases)
+        clock = time.perf_counter()
         evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout, trial)
+        phases["evaluate"] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
         central = model.evaluate(test) if cfg.central_eval else {}
+        phases["central"] = round(time.perf_counter() - clock, 3)
         clients: dict[str, Any] = {
             "trained": update.num_clients,
             "train_examples": update.total_examples,
@@ -161,6 +166,7 @@ def run_federation(
             bytes_down=update.bytes_down + eval_bytes,
             seconds=time.perf_counter() - started,
             bytes_up_per_client=update.bytes_up // max(update.num_clients, 1),
+            phases_s=phases,
             **({"privacy": record} if (record := privacy.record()) else {}),
         )
         if trial is None:

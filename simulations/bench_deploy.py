@@ -117,6 +117,7 @@ def rounds_of(out: Path) -> dict[str, Any]:
     doc = json.loads((out / "metrics.json").read_text())
     rounds = [r for r in doc["rounds"] if r["round"] >= 1]
     return {"round_s": [round(r["seconds"], 1) for r in rounds],
+            "phases_s": [r.get("phases_s", {}) for r in rounds],
             "final_accuracy": rounds[-1]["central"]["accuracy"] if rounds else None}
 
 
@@ -148,6 +149,9 @@ def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, An
     sim_later = sim["round_s"][1:] or sim["round_s"]
     out = {"run": name, "round_s_2plus": round(statistics.mean(later), 1),
            "vs_simulation": round(statistics.mean(later) / statistics.mean(sim_later), 2)}
+    later_phases = r.get("phases_s", [])[1:] or r.get("phases_s", [])
+    if later_phases and all(later_phases):
+        out["phases_s"] = {k: round(statistics.mean(p.get(k, 0.0) for p in later_phases), 1) for k in later_phases[0]}
     if r.get("client_train_s"):
         longest = [max(v) for k, v in r["client_train_s"].items() if int(k) >= 2] or \
                   [max(v) for v in r["client_train_s"].values()]
@@ -177,6 +181,14 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {s['run']} | {', '.join(f'{x:.0f}' for x in r['round_s'])} | {s['round_s_2plus']:.1f} "
                      f"| {s['vs_simulation']:.2f} | {s.get('longest_client_train_s', '')} "
                      f"| {s.get('not_training_s', '')} | {r['final_accuracy']:.4f} |")
+    phased = [s for s in doc["summary"] if s.get("phases_s")]
+    if phased:
+        names = list(phased[0]["phases_s"])
+        lines += ["", "Where a round goes (rounds 2+, mean seconds, the server's clock from sending an exchange "
+                  "to its last reply; stage 0 carries the training):", "",
+                  "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {s['run']} | " + " | ".join(f"{s['phases_s'].get(n, 0.0):.1f}" for n in names) + " |"
+                  for s in phased]
     c = doc["process_costs"]
     lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
               f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "

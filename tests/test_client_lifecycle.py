@@ -88,6 +88,9 @@ def test_without_secagg_the_upload_is_journaled_as_clear(tmp_path: Path) -> None
     run_federation(grid, cfg)
     sent = [e for e in _events(next(iter(journals.values()))) if e["event"] == "sent"]
     assert len(sent) == 1 and sent[0]["masked"] is False and sent[0]["bytes"] > 0
+    last = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][-1]
+    assert list(last["phases_s"]) == ["train", "evaluate", "central"]
+    assert sum(last["phases_s"].values()) <= last["seconds"]
 
 
 def test_the_journal_reader_waits_for_whole_lines(tmp_path: Path) -> None:

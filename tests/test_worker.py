@@ -100,7 +100,12 @@ def test_a_federation_trains_in_the_nodes_worker_as_it_would_in_the_clientapp(
         assert warm_run["rows"] == cold_run["rows"] and warm_run["steps"] == cold_run["steps"] == 2
         assert warm_run["loss"] == pytest.approx(cold_run["loss"], rel=1e-4)
     metrics = json.loads((tmp_path / "warm" / "metrics.json").read_text())
-    assert metrics["rounds"][-1]["clients"]["trained"] == 3
+    last = metrics["rounds"][-1]
+    assert last["clients"]["trained"] == 3
+    # Where the round's time went: each SecAgg+ exchange, the unmasking, the evaluations.
+    phases = last["phases_s"]
+    assert list(phases) == ["stage 0 (train)", "stage 1", "stage 2", "stage 3", "unmask", "evaluate", "central"]
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= last["seconds"]
 
 
 @pytest.mark.usefixtures("flwr_identity")
