@@ -189,6 +189,18 @@ def markdown(doc: dict[str, Any]) -> str:
                   "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {s['run']} | " + " | ".join(f"{s['phases_s'].get(n, 0.0):.1f}" for n in names) + " |"
                   for s in phased]
+        crypto = {s["run"]: statistics.mean(s["phases_s"].get(f"stage {i}", 0.0) for i in (1, 2, 3)) for s in phased}
+        deployed = [v for k, v in crypto.items() if k != "simulate"]
+        if "simulate" in crypto and deployed:
+            lines += ["", f"- An exchange that carries no training (SecAgg+ stages 1-3) takes "
+                      f"{statistics.mean(deployed):.1f} s deployed against {crypto['simulate']:.1f} s simulated. "
+                      "Most of it is Flower's SuperNode: after replying it asks the SuperLink for its next "
+                      "message and, finding none yet (the server waits for every client's reply), sleeps "
+                      "3 s (a constant in flwr/supernode/start_client_internal.py), so the last client to reply "
+                      "hears of the next stage about 3 s later; the rest is a fresh ClientApp process per "
+                      "message (Python, Flower, the app's install and import) and the SuperNode's 0.5 s wait "
+                      "for the reply. Five exchanges a round put a floor of about 20 s under a deployed round "
+                      "whatever the training costs."]
     c = doc["process_costs"]
     lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
               f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "
@@ -222,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freeze", default="bottom:4")
     p.add_argument("--out", default="runs/bench_deploy")
     p.add_argument("--docs", default="docs")
+    p.add_argument("--report", action="store_true",
+                   help="Only rewrite the docs' section from docs/benchmarks/deploy.json.")
     args = p.parse_args(argv)
+    if args.report:
+        doc = json.loads((Path(args.docs) / "benchmarks" / "deploy.json").read_text())
+        print(f"wrote {write_report(doc, Path(args.docs))}")
+        return 0
     command = " ".join(["python -m simulations.bench_deploy", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out).resolve()
     files, pooled, test = write_data(out / "data", args.clients, args.rows, args.test_rows, seed=7)
