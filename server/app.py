@@ -36,17 +36,23 @@ def main(grid: Grid, context: Context) -> None:
         logging.getLogger("fedtext.server").error("run failed:\n%s", traceback.format_exc())
         raise
     finally:
-        tell_clients_run_ended(grid, status)
+        told = tell_clients_run_ended(grid, status)
+        if not cfg.trial_queue:
+            RunRecorder.mark_told(cfg.out, told)
 
 
-def tell_clients_run_ended(grid: Grid, status: str) -> None:
-    """``server.rounds.announce_end``, best effort: a failure to tell must not hide the run's outcome."""
+def tell_clients_run_ended(grid: Grid, status: str) -> int:
+    """``server.rounds.announce_end``, best effort: a failure to tell must not hide the run's outcome.
+
+    Returns the number of clients that acknowledged.
+    """
     from server.rounds import announce_end
 
     try:
-        announce_end(grid, status)
+        return announce_end(grid, status)
     except Exception as exc:  # noqa: BLE001
         logging.getLogger("fedtext.server").warning("could not tell the clients the run is over: %s", exc)
+        return 0
 
 
 def setup_logging(logfile: Path) -> None:

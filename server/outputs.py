@@ -89,6 +89,21 @@ class RunRecorder:
                            "global model on the server's test set")
 
     @staticmethod
+    def mark_told(out: str | Path, clients: int) -> None:
+        """Record that the end-of-run notice went out: nothing is left for the run to do.
+
+        ``fedtext simulate`` and ``fedtext server`` stop waiting here instead of
+        for Flower's own end of the run (the simulation engine shutting Ray
+        down, seconds later).
+        """
+        path = Path(out) / "metrics.json"
+        if not path.exists():
+            return
+        doc = json.loads(path.read_text())
+        doc["clients_told"] = clients
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+
+    @staticmethod
     def mark_failed(out: str | Path, reason: str) -> None:
         """Record a failure in an existing ``metrics.json`` (or a new one)."""
         path = Path(out) / "metrics.json"

@@ -14,16 +14,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from common.config import FedTextConfig, toml_value
-from common.processes import APP_DIR, die_with_parent, flower_env, flwr_bin, free_port, stop_process_group
 from common.errors import FedTextError
+from common.processes import APP_DIR, die_with_parent, flower_env, flwr_bin, free_port, stop_process_group
 from server.outputs import final_figures, progress_line
 
 CONNECTION = "fedtext"
@@ -161,9 +162,14 @@ class LocalSuperLink:
             raise FedTextError(f"cannot register '{public_key}': {_last_line(res)}")
 
     def submit(
-        self, run_config: Path, federation_config: dict[str, Any] | None = None, app: Path = APP_DIR
+        self, run_config: Path, federation_config: dict[str, Any] | None = None, app: Path | None = None
     ) -> int:
-        """Submit the app with its run config; return the run id."""
+        """Submit the app with its run config; return the run id.
+
+        ``app``: the folder ``flwr run`` packs; by default a copy of fedtext's
+        own app files staged in ``FLWR_HOME/app`` (:func:`stage_app`).
+        """
+        app = app or stage_app(self.home / "app")
         args = ["run", str(app), CONNECTION, "--run-config", str(run_config), "--format", "json"]
         if federation_config:
             args += ["--federation-config", " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())]
@@ -188,11 +194,38 @@ class LocalSuperLink:
             env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-    def stop(self) -> None:
-        """Stop the SuperLink and everything it started."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the SuperLink and everything it started: SIGTERM, then SIGKILL after ``grace`` s.
+
+        Once a run has recorded its outcome nothing below the SuperLink holds
+        anything worth a graceful end (the simulation engine spends 4-5 s
+        shutting Ray down on SIGTERM), so callers then pass a short grace.
+        """
         if self.process is not None:
-            stop_process_group(self.process)
+            stop_process_group(self.process, grace=grace)
             self.process = None
+
+
+# The packages the ServerApp and ClientApp import, and so all a node needs
+# (tests/test_superlink.py checks that the apps import nothing else of fedtext's).
+APP_PACKAGES = ("client", "common", "server")
+
+
+def stage_app(target: Path, source: Path = APP_DIR) -> Path:
+    """Copy the app's own files (pyproject.toml and :data:`APP_PACKAGES`) into ``target``; return it.
+
+    ``flwr run DIR`` walks every file under DIR before it filters them: in a
+    checkout that holds its virtual environment and run folders, 66,000 files
+    and 3.2 s of every submission (every tuning trial), and the FAB it built
+    carried the docs, benchmark figures and tests, which no node runs.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    shutil.copy2(source / "pyproject.toml", target / "pyproject.toml")
+    for package in APP_PACKAGES:
+        shutil.copytree(source / package, target / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 # --- following a run -------------------------------------------------------------
@@ -208,24 +241,30 @@ def write_run_config(cfg: FedTextConfig, path: Path) -> Path:
 def follow_run(
     superlink: LocalSuperLink, run_id: int, metrics: Path, on_round: Callable[[dict[str, Any]], None]
 ) -> tuple[str, str]:
-    """Hand each round to ``on_round`` as it lands in ``metrics.json``, until the run finishes.
+    """Hand each round to ``on_round`` as it lands in ``metrics.json``, until the run is over.
 
     ``on_round`` prints it (``fedtext simulate``/``server``: :func:`echo_rounds`)
     or reports it to a tuning study, which may stop the run by raising.
-    ``metrics.json`` is read every second (cheap); the run status costs a
-    ``flwr ls`` process (about a CPU-second of imports), so it is asked every
-    ``STATUS_EVERY`` seconds, or at once when the ServerApp marks the run done.
+    ``metrics.json`` is read every :data:`POLL_S` seconds (cheap). The run is
+    over when the ServerApp has recorded its outcome and told the clients
+    (``clients_told``): what Flower does after that (shutting the simulation's
+    Ray down) is not waited for. A ServerApp that died without recording
+    anything is caught by the run's status, which costs a ``flwr ls`` process
+    (about a CPU-second of imports) and is asked every :data:`STATUS_EVERY` seconds.
     """
-    shown, last_check = 0, 0.0
+    shown, last_check = 0, time.monotonic()
     while True:
         shown = _new_rounds(metrics, shown, on_round)
-        if time.monotonic() - last_check >= STATUS_EVERY or _app_finished(metrics):
+        outcome = _app_outcome(metrics)
+        if outcome is not None:
+            return outcome
+        if time.monotonic() - last_check >= STATUS_EVERY:
             last_check = time.monotonic()
             status, details = superlink.run_status(run_id)
             if status.startswith("finished"):
                 _new_rounds(metrics, shown, on_round)
-                return status, details
-        time.sleep(1.0)
+                return (status, details) if _app_outcome(metrics) is None else _app_outcome(metrics)
+        time.sleep(POLL_S)
 
 
 def echo_rounds(echo: Callable[[str], None], rounds: int) -> Callable[[dict[str, Any]], None]:
@@ -234,13 +273,19 @@ def echo_rounds(echo: Callable[[str], None], rounds: int) -> Callable[[dict[str,
 
 
 STATUS_EVERY = 15.0
+POLL_S = 0.5
 
 
-def _app_finished(metrics: Path) -> bool:
+def _app_outcome(metrics: Path) -> tuple[str, str] | None:
+    """The run's outcome as the ServerApp recorded it, once it has also told the clients."""
     try:
-        return json.loads(metrics.read_text()).get("status", "running") != "running"
+        doc = json.loads(metrics.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    status = str(doc.get("status", "running"))
+    if status == "running" or "clients_told" not in doc:
+        return None
+    return ("finished:completed", "") if status == "completed" else ("finished:failed", status)
 
 
 def _new_rounds(metrics: Path, shown: int, on_round: Callable[[dict[str, Any]], None]) -> int:

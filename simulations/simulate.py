@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from common.config import FedTextConfig, absolute_paths
 from common.errors import ConfigError, FedTextError
 from common.model import check_model
-from common.recipe import peak_lr
 from common.partition import load_partitions
+from common.processes import stop_process_group
+from common.recipe import peak_lr
 from common.splits import server_test_set_and_pool, split_share, write_client_shares
 from server.checkpoint import load_for_resume
-from simulations.ray_head import check_ray_address
-from common.processes import stop_process_group
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
+from simulations.ray_head import check_ray_address
 
 if TYPE_CHECKING:
     import datasets
@@ -95,6 +95,7 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)
     logs = None
+    grace = 10.0
     try:
         superlink.start()
         run_id = superlink.submit(
@@ -108,8 +109,9 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
         echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
         logs = superlink.stream_logs(run_id, out / "run.log")
         status, details = follow_run(superlink, run_id, metrics, echo_rounds(echo, cfg.rounds))
+        grace = 1.0  # the run is over and recorded: nothing left to end gracefully
     finally:
         if logs is not None:
             stop_process_group(logs, grace=2.0)
-        superlink.stop()
+        superlink.stop(grace)
     return report_run(status, details, out, echo, "fedtext simulate")

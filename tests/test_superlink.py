@@ -1,0 +1,92 @@
+"""server/superlink.py: what ``flwr run`` packs into the FAB that every node installs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from flwr.cli.build import build_fab_from_disk
+
+from server import superlink as superlink_module
+from server.superlink import APP_PACKAGES, follow_run, stage_app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_staged_app_holds_the_apps_packages_only(tmp_path: Path) -> None:
+    staged = stage_app(tmp_path / "app")
+    (staged / "common" / "__pycache__").mkdir(exist_ok=True)  # a stale cache is not copied twice
+    stage_app(tmp_path / "app")  # staging again replaces the copy
+    files = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+    assert "pyproject.toml" in files
+    assert {f.split("/")[0] for f in files} == {"pyproject.toml", *APP_PACKAGES}
+    assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
+    assert (staged / "client" / "app.py").read_bytes() == (ROOT / "client" / "app.py").read_bytes()
+
+    # Flower packs it as it would the checkout, without the docs, figures and tests.
+    fab = zipfile.ZipFile(BytesIO(build_fab_from_disk(staged)))
+    names = fab.namelist()
+    assert "client/app.py" in names and "server/app.py" in names and "pyproject.toml" in names
+    assert not any(n.startswith(("docs/", "tests/", "simulations/", "runs/")) for n in names)
+
+
+def test_the_apps_import_nothing_of_fedtext_outside_the_staged_packages() -> None:
+    # Otherwise a node would fail to load the app from the FAB: every module of
+    # the staged packages, imported, pulls in no other fedtext package.
+    code = ("import importlib, json, pkgutil, sys\n"
+            f"for package in {APP_PACKAGES!r}:\n"
+            "    root = importlib.import_module(package)\n"
+            "    for info in pkgutil.walk_packages(root.__path__, package + '.'):\n"
+            "        importlib.import_module(info.name)\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    ours = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert loaded & ours <= set(APP_PACKAGES), loaded & ours
+
+
+class _Link:
+    """Stands in for a LocalSuperLink: only the run's status, which Flower keeps."""
+
+    def __init__(self, status: str) -> None:
+        self.status, self.asked = status, 0
+
+    def run_status(self, run_id: int) -> tuple[str, str]:
+        self.asked += 1
+        return self.status, "details from Flower"
+
+
+def test_a_run_is_over_once_the_app_recorded_it_and_told_the_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(superlink_module, "POLL_S", 0.0)
+    metrics = tmp_path / "metrics.json"
+    seen: list[int] = []
+    metrics.write_text(json.dumps({"status": "completed", "clients_told": 3, "rounds": [{"round": 0}, {"round": 1}]}))
+    link = _Link("running")  # Flower is still shutting its engine down
+    assert follow_run(link, 1, metrics, lambda e: seen.append(e["round"])) == ("finished:completed", "")
+    assert seen == [0, 1] and link.asked == 0
+
+    metrics.write_text(json.dumps({"status": "failed: ValueError: bad", "clients_told": 0, "rounds": []}))
+    assert follow_run(_Link("running"), 1, metrics, seen.append) == ("finished:failed", "failed: ValueError: bad")
+
+
+def test_a_run_whose_app_recorded_nothing_ends_with_flowers_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ServerApp that could not even start writes no metrics.json: Flower's status tells.
+    monkeypatch.setattr(superlink_module, "POLL_S", 0.0)
+    monkeypatch.setattr(superlink_module, "STATUS_EVERY", 0.0)
+    link = _Link("finished:failed")
+    assert follow_run(link, 1, tmp_path / "metrics.json", print) == ("finished:failed", "details from Flower")
+    assert link.asked == 1
+    # Completed but not yet told: the notice is still going out, so it waits for Flower.
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"status": "completed", "rounds": []}))
+    assert follow_run(_Link("finished:completed"), 1, metrics, print) == ("finished:completed", "details from Flower")
