@@ -106,6 +106,19 @@ def flwr_identity() -> Any:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
+def last_line_of_python(code: str, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter at the repository root; its last line of output.
+
+    For what only a fresh process shows: which modules an import pulls in.
+    """
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 def received_message(content: Any, message_type: str, dst_node_id: int) -> Any:
     """A Flower Message as a ClientApp receives it: addressed to the node, with an id.
 

@@ -9,8 +9,6 @@ behind an in-process grid, with a status file in each node's config as
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from common.config import FedTextConfig
 from common.messages import parse_run_end_notice, run_end_notice
 from server.rounds import announce_end, run_federation
 from simulations.inprocess import InProcessGrid
+from tests.conftest import last_line_of_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = FedTextConfig(num_hidden_layers=1, max_length=32, batch_size=8, local_steps=1, freeze="head",
@@ -115,9 +114,7 @@ def test_secure_aggregation_exchanges_never_import_torch() -> None:
             "from tests.test_secagg_mod import run_round\n"
             "run_round({})\n"
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert last_line_of_python(code, timeout=120) == "[]"
 
 
 def test_the_deployment_benchmark_reads_the_clients_own_lines(tmp_path: Path) -> None:

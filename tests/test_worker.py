@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from common.errors import DataError
 from common.messages import ARRAYS, CONFIG, instruction_config, to_array_record
 from server.rounds import run_federation
 from simulations.inprocess import InProcessGrid
+from tests.conftest import last_line_of_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = FedTextConfig(num_hidden_layers=1, max_length=32, batch_size=8, local_steps=2, min_local_steps=0,
@@ -159,7 +158,5 @@ def test_a_train_message_handed_to_the_worker_never_imports_torch_in_the_clienta
         "print(json.dumps({'steps': reply.content.metric_records['metrics']['train-steps'],\n"
         "                  'heavy': sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = json.loads(done.stdout.strip().splitlines()[-1])
+    said = json.loads(last_line_of_python(code))
     assert said == {"steps": 2, "heavy": []}, said
