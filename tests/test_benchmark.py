@@ -155,3 +155,19 @@ def test_a_report_replaces_only_its_own_part_of_a_document(tmp_path: Path) -> No
     text = doc.read_text()
     assert "hand-written" in text and text.endswith(f"second figures\n{end}\n\nafter\n")
     assert "first figures" not in text
+
+
+def test_the_deployment_and_start_up_reports_render_from_their_committed_figures(tmp_path: Path) -> None:
+    # `--report` (bench_deploy) and the start-up part are rewritten from the JSON alone.
+    from simulations import bench_deploy, bench_startup
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    deploy = json.loads((docs / "benchmarks" / "deploy.json").read_text())
+    text = bench_deploy.markdown(deploy)
+    assert "| deploy --threads 1 |" in text and "| stage 0 (train) |" in text and "Before the warm worker" in text
+    startup = bench_startup.markdown(json.loads((docs / "benchmarks" / "startup.json").read_text()))
+    assert "**round 1 starting (start-up)**" in startup and "Start-up + shut-down:" in startup
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "deploy.json").write_text(json.dumps(deploy))
+    assert bench_deploy.main(["--report", "--docs", str(tmp_path)]) == 0
+    assert text in (tmp_path / "BENCHMARKS.md").read_text()
