@@ -443,9 +443,14 @@ def _validate_secagg(cfg: FedTextConfig) -> None:
                 f"config key '{key}': secure aggregation needs at least 3 clients per round, "
                 f"got {value}; add clients or pass --no-secagg"
             )
+    # What one round sums is the clients it samples (Flower samples
+    # max(fraction x available, minimum) nodes), not the whole federation:
+    # 1,000 clients at fraction-train 0.01 sum 10 updates a round. The round
+    # checks its actual number again (server/secure_aggregation.py).
+    per_round = max(int(cfg.clients * cfg.fraction_train), cfg.min_clients)
     try:
         params = secagg_params(cfg)
-        params.validate(max(cfg.clients, cfg.min_clients))
+        params.validate(per_round)
     except ValueError as exc:
         text = str(exc)
         name = text.split(" ", 1)[0].split("=", 1)[0]

@@ -126,6 +126,16 @@ BAD_VALUES = [
 ]
 
 
+def test_the_secagg_encoding_is_sized_for_the_clients_a_round_sums() -> None:
+    # 24-bit values: 256 summands fit in 32 bits. A round of 1,000 sampled clients
+    # would overflow; 1,000 clients of which a round samples 10 do not.
+    FedTextConfig(clients=1000, fraction_train=0.01, min_clients=10, secagg_bits=24)
+    with pytest.raises(ConfigError, match=r"config key 'secagg-bits': bits=24 too large for 1000 clients"):
+        FedTextConfig(clients=1000, fraction_train=1.0, min_clients=10, secagg_bits=24)
+    with pytest.raises(ConfigError, match=r"bits=24 too large for 300 clients"):
+        FedTextConfig(clients=1000, fraction_train=0.01, min_clients=300, secagg_bits=24)
+
+
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)
 def test_bad_value_names_its_key(key: str, value: object) -> None:
     if key not in FedTextConfig.keys():
