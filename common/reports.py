@@ -25,6 +25,18 @@ def write_figures(docs: Path, name: str, figures: Any) -> Path:
     return path
 
 
+def read_figures(docs: Path, name: str) -> Any:
+    """``docs/benchmarks/<name>.json``, as :func:`write_figures` wrote it."""
+    return json.loads((docs / "benchmarks" / f"{name}.json").read_text())
+
+
+def add_report_arguments(parser: Any, name: str) -> None:
+    """``--docs`` and ``--report`` (rewrite the docs' part from the figures, without running)."""
+    parser.add_argument("--docs", default="docs", help="Folder of BENCHMARKS.md and benchmarks/.")
+    parser.add_argument("--report", action="store_true",
+                        help=f"Only rewrite the docs' part from docs/benchmarks/{name}.json.")
+
+
 def replace_part(path: Path, begin: str, end: str, body: str, heading: str) -> Path:
     """Put ``body`` between ``begin`` and ``end`` in ``path``.
 

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import markers, replace_part, write_figures
+from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("deploy", "python -m simulations.bench_deploy")
@@ -233,13 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--freeze", default="bottom:4")
     p.add_argument("--out", default="runs/bench_deploy")
-    p.add_argument("--docs", default="docs")
-    p.add_argument("--report", action="store_true",
-                   help="Only rewrite the docs' section from docs/benchmarks/deploy.json.")
+    add_report_arguments(p, "deploy")
     args = p.parse_args(argv)
     if args.report:
-        doc = json.loads((Path(args.docs) / "benchmarks" / "deploy.json").read_text())
-        print(f"wrote {write_report(doc, Path(args.docs))}")
+        print(f"wrote {write_report(read_figures(Path(args.docs), 'deploy'), Path(args.docs))}")
         return 0
     command = " ".join(["python -m simulations.bench_deploy", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out).resolve()

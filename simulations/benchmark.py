@@ -180,9 +180,13 @@ class TreeMemory:
     what the run really holds.
     """
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.5, watch: str = "") -> None:
         self.pid, self.interval = pid, interval
         self.peak_rss = self.peak_pss = 0
+        # (seconds since start, tree PSS, PSS of the processes whose command line holds `watch`)
+        self.watch = watch
+        self.series: list[tuple[float, int, int]] = []
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -196,7 +200,7 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = pss = 0
+            rss = pss = watched = 0
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
@@ -205,11 +209,14 @@ class TreeMemory:
             for p in procs:
                 try:
                     info = p.memory_full_info()
+                    mine = bool(self.watch) and self.watch in " ".join(p.cmdline())
                 except psutil.Error:
                     continue  # exited between listing and reading
                 rss += info.rss
                 pss += getattr(info, "pss", info.rss)
+                watched += getattr(info, "pss", info.rss) if mine else 0
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.series.append((round(time.perf_counter() - self._started, 1), pss, watched))
             self._stop.wait(self.interval)
 
 

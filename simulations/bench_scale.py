@@ -1,0 +1,158 @@
+"""``python -m simulations.bench_scale``: the same round work with 10, 100 and 1,000 clients.
+
+Each run is ``fedtext simulate`` on the whole packaged Rotten Tomatoes corpus,
+SecAgg+ on, with ``--fraction-train`` and ``--fraction-evaluate`` set so that
+10 clients train and 10 evaluate every round whatever the federation's size:
+the per-round time should not depend on the clients that did not train. A
+small model (``--num-hidden-layers 1``) and a fixed 5 steps per sampled client
+keep the rounds short and their work equal, so that what the federation's
+size costs is not hidden under training.
+
+Per run, from the stamped output, ``metrics.json`` and a memory sampler:
+the time to check and partition the data and write every client's share,
+start-up, per-round seconds, the server's SecAgg+ unmasking per round,
+peak PSS of the whole process tree and of the ServerApp's process
+(``flwr-simulation``, which also drives Ray), and the tree's PSS after each
+round (flat or growing). Figures go to ``docs/benchmarks/scale.json``, a
+plot to ``docs/benchmarks/scale.png`` and a table between the markers of
+docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
+from simulations.bench_startup import ROUND_LINE
+from simulations.benchmark import TreeMemory
+
+REPO = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = markers("scale", "python -m simulations.bench_scale")
+PER_ROUND = 10
+
+
+def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any]:
+    fraction = f"{PER_ROUND / clients:g}"
+    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out), "--clients", str(clients),
+           "--fraction-train", fraction, "--fraction-evaluate", fraction, "--rounds", str(rounds),
+           "--min-clients", str(PER_ROUND), *extra]
+    started = time.perf_counter()
+    lines: list[tuple[float, str]] = []
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with TreeMemory(proc.pid, watch="flwr-simulation") as memory:
+        lines = [(time.perf_counter() - started, line.rstrip()) for line in proc.stdout]  # type: ignore[union-attr]
+        code = proc.wait()
+    wall = time.perf_counter() - started
+    (out.parent / f"{out.name}.log").write_text("\n".join(f"{t:7.1f} {line}" for t, line in lines) + "\n")
+    doc = json.loads((out / "metrics.json").read_text())
+    rounds_ = [r for r in doc["rounds"] if r["round"] >= 1]
+    at = {int(m.group(1)): t for t, line in lines if (m := ROUND_LINE.match(line))}
+    # The tree's PSS as each round's line appeared (flat or growing).
+    after_round = [max((pss for t, pss, _ in memory.series if t <= at[r["round"]]), default=0) / 2**20
+                   for r in rounds_]
+    return {
+        "clients": clients, "fraction": float(fraction), "exit_code": code, "wall_s": round(wall, 1),
+        "checks_and_shares_s": round(next(t for t, line in lines if line.startswith("model ")), 1),
+        "startup_s": round(at[1] - rounds_[0]["seconds"], 1) if 1 in at else None,
+        "round_s": [round(r["seconds"], 2) for r in rounds_],
+        "trained": [r["clients"]["trained"] for r in rounds_],
+        "unmask_s": [r.get("phases_s", {}).get("unmask") for r in rounds_],
+        "peak_pss_mb": round(memory.peak_pss / 2**20), "peak_server_pss_mb": round(
+            max((w for _, _, w in memory.series), default=0) / 2**20),
+        "pss_after_round_mb": [round(x) for x in after_round],
+        "final_accuracy": rounds_[-1]["central"]["accuracy"] if rounds_ else None,
+    }
+
+
+def later(values: list[float]) -> float:
+    """Mean over rounds 2+ (round 1 also starts the Ray actors)."""
+    return statistics.mean(values[1:] or values)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"Command: `{doc['command']}` (finished {doc['finished']}; figures in `docs/benchmarks/scale.json`, "
+             "plot `docs/benchmarks/scale.png`). The whole packaged Rotten Tomatoes corpus, SecAgg+ on, "
+             f"{PER_ROUND} clients trained and {PER_ROUND} evaluated per round at every size, flags "
+             f"`{' '.join(doc['flags'])}`.", "",
+             "| clients | sampled per round | checks + shares (s) | start-up (s) | rounds (s) | rounds 2+ mean (s) "
+             "| unmask per round (s) | peak PSS, tree (MB) | peak PSS, ServerApp (MB) | tree PSS after each round (MB) "
+             "| accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        unmask = [u for u in r["unmask_s"] if u is not None]
+        lines.append(
+            f"| {r['clients']:,} | fraction {r['fraction']:g}: {min(r['trained'])}-{max(r['trained'])} trained "
+            f"| {r['checks_and_shares_s']:.1f} | {r['startup_s']} | {', '.join(f'{x:.1f}' for x in r['round_s'])} "
+            f"| {later(r['round_s']):.1f} | {statistics.mean(unmask) if unmask else float('nan'):.3f} "
+            f"| {r['peak_pss_mb']:,} | {r['peak_server_pss_mb']:,} "
+            f"| {', '.join(str(x) for x in r['pss_after_round_mb'])} | {r['final_accuracy']:.4f} |")
+    base = later(doc["runs"][0]["round_s"])
+    lines += ["", "- Per-round time against the smallest federation: " + "; ".join(
+        f"{r['clients']:,} clients {later(r['round_s']) / base:.2f} x" for r in doc["runs"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = doc["runs"]
+    xs = [r["clients"] for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(xs, [later(r["round_s"]) for r in runs], "o-")
+    ax1.set(xscale="log", xlabel="clients in the federation", ylabel="seconds per round (rounds 2+)",
+            title=f"{PER_ROUND} clients trained per round", ylim=(0, None))
+    ax2.plot(xs, [r["peak_pss_mb"] for r in runs], "o-", label="whole process tree")
+    ax2.plot(xs, [r["peak_server_pss_mb"] for r in runs], "s-", label="ServerApp process")
+    ax2.set(xscale="log", xlabel="clients in the federation", ylabel="peak PSS (MB)", ylim=(0, None))
+    ax2.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulations.bench_scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", default="10,100,1000", help="Federation sizes, comma-separated.")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="runs/bench_scale")
+    add_report_arguments(p, "scale")
+    args = p.parse_args(argv)
+    if args.report:
+        write_report(read_figures(Path(args.docs), "scale"), Path(args.docs))
+        return 0
+    command = " ".join(["python -m simulations.bench_scale", *(argv if argv is not None else sys.argv[1:])])
+    # A fixed number of steps per sampled client: the same training work per
+    # round at every size (the step floor would give small clients more).
+    flags = ["--num-hidden-layers", "1", "--max-length", "48", "--local-steps", "5", "--min-local-steps", "0"]
+    runs = []
+    for clients in (int(c) for c in args.clients.split(",")):
+        runs.append(run(Path(args.out).resolve() / f"clients-{clients}", clients, args.rounds, flags))
+        print(json.dumps(runs[-1]), flush=True)
+    doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "flags": flags, "runs": runs}
+    write_figures(Path(args.docs), "scale", doc)
+    write_report(doc, Path(args.docs))
+    return 0 if all(r["exit_code"] == 0 for r in runs) else 1
+
+
+def write_report(doc: dict[str, Any], docs: Path) -> None:
+    plot(doc, docs / "benchmarks" / "scale.png")
+    path = replace_part(docs / "BENCHMARKS.md", MARK_BEGIN, MARK_END,
+                        markdown(doc) + "\n![scale](benchmarks/scale.png)\n",
+                        "## Many clients: 10, 100 and 1,000")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
