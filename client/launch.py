@@ -6,10 +6,13 @@
    connects anywhere;
 2. check ``--server HOST:PORT``, the CA certificate and the SuperNode key
    (an EC key in OpenSSH PRIVATE format, as ``fedtext certs`` writes it);
-3. run ``flower-supernode`` as a child in its own session, with the data file's
-   absolute path in its node config (``data-path``): the rows never leave this
-   machine, the ClientApp reads them here; forward its output (colour only on a
-   terminal); stop it and everything below it on SIGTERM or Ctrl-C;
+3. start this node's warm worker (``client.worker``: torch and the model stay
+   loaded between messages; ``--no-worker`` leaves every message to a fresh
+   ClientApp process), then run ``flower-supernode`` as a child in its own
+   session, with the data file's absolute path in its node config
+   (``data-path``): the rows never leave this machine, the ClientApp reads them
+   here; forward its output (colour only on a terminal); stop it, the worker
+   and everything below them on SIGTERM or Ctrl-C;
 4. print this client's own line per round from the ClientApp's journal
    (``client.journal``: rows trained, loss, seconds, bytes sent, masked or
    not; evaluated rows and accuracy);
@@ -93,9 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Once joined, give up (exit 1) when the server has been unreachable this "
                              "long (default: 60).")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="CPU threads each ClientApp process trains with (OMP_NUM_THREADS); "
-                             "0: torch's default, every core. Give each of several clients on one "
-                             "machine its share of the cores.")
+                        help="CPU threads this client trains with (OMP_NUM_THREADS of its warm worker, "
+                             "or of each ClientApp process with --no-worker); 0: torch's default, every "
+                             "core. Give each of several clients on one machine its share of the cores.")
     parser.add_argument("--no-worker", action="store_true",
                         help="Train and evaluate in Flower's fresh ClientApp process for each message, "
                              "importing torch and loading the model every time (default: a warm worker "
@@ -349,7 +352,7 @@ def serve_federation(cmd: list[str], env: dict[str, str], superlink: str, journa
 
 
 def threads_env(threads: int) -> dict[str, str]:
-    """The ClientApp processes' thread count: torch reads it at import, each message anew."""
+    """The thread count of the worker and the ClientApp processes: torch reads it at import."""
     if threads <= 0:
         return {}
     return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
