@@ -120,7 +120,10 @@ def serve(socket: Path, key: bytes) -> None:
                 log.warning("worker: refused a connection: %s", exc)
                 continue
             with conn:
-                _answer(conn, handlers)
+                try:
+                    _answer(conn, handlers)
+                except (OSError, EOFError) as exc:  # the ClientApp went away (killed, timed out)
+                    log.warning("worker: could not answer: %s", exc)
 
 
 def socket_path(home: Path) -> Path:

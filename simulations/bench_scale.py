@@ -55,9 +55,12 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
     doc = json.loads((out / "metrics.json").read_text())
     rounds_ = [r for r in doc["rounds"] if r["round"] >= 1]
     at = {int(m.group(1)): t for t, line in lines if (m := ROUND_LINE.match(line))}
-    # The tree's PSS as each round's line appeared (flat or growing).
-    after_round = [max((pss for t, pss, _ in memory.series if t <= at[r["round"]]), default=0) / 2**20
-                   for r in rounds_]
+    # The tree's PSS when each round's line appeared (the last sample before
+    # it: flat or growing), and the peak up to then.
+    at_round = [next((pss for t, pss, _ in reversed(memory.series) if t <= at[r["round"]]), 0) / 2**20
+                for r in rounds_]
+    peak_by_round = [max((pss for t, pss, _ in memory.series if t <= at[r["round"]]), default=0) / 2**20
+                     for r in rounds_]
     return {
         "clients": clients, "fraction": float(fraction), "exit_code": code, "wall_s": round(wall, 1),
         "checks_and_shares_s": round(next(t for t, line in lines if line.startswith("model ")), 1),
@@ -67,7 +70,8 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
         "unmask_s": [r.get("phases_s", {}).get("unmask") for r in rounds_],
         "peak_pss_mb": round(memory.peak_pss / 2**20), "peak_server_pss_mb": round(
             max((w for _, _, w in memory.series), default=0) / 2**20),
-        "pss_after_round_mb": [round(x) for x in after_round],
+        "pss_at_round_mb": [round(x) for x in at_round],
+        "peak_pss_by_round_mb": [round(x) for x in peak_by_round],
         "final_accuracy": rounds_[-1]["central"]["accuracy"] if rounds_ else None,
     }
 
@@ -84,7 +88,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{PER_ROUND} clients trained and {PER_ROUND} evaluated per round at every size, flags "
              f"`{' '.join(doc['flags'])}`.", "",
              "| clients | sampled per round | checks + shares (s) | start-up (s) | rounds (s) | rounds 2+ mean (s) "
-             "| unmask per round (s) | peak PSS, tree (MB) | peak PSS, ServerApp (MB) | tree PSS after each round (MB) "
+             "| unmask per round (s) | peak PSS, tree (MB) | peak PSS, ServerApp (MB) | tree PSS as each round ends (MB) "
              "| accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         unmask = [u for u in r["unmask_s"] if u is not None]
@@ -93,12 +97,13 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {r['checks_and_shares_s']:.1f} | {r['startup_s']} | {', '.join(f'{x:.1f}' for x in r['round_s'])} "
             f"| {later(r['round_s']):.1f} | {statistics.mean(unmask) if unmask else float('nan'):.3f} "
             f"| {r['peak_pss_mb']:,} | {r['peak_server_pss_mb']:,} "
-            f"| {', '.join(str(x) for x in r['pss_after_round_mb'])} | {r['final_accuracy']:.4f} |")
+            f"| {', '.join(str(x) for x in r['pss_at_round_mb'])} | {r['final_accuracy']:.4f} |")
     for r in doc["runs"]:
-        after = r["pss_after_round_mb"]
-        if len(after) >= 4:
-            lines.append(f"- {r['clients']:,} clients, tree PSS from round 2 to round {len(after)}: "
-                         f"{after[1]:,} -> {after[-1]:,} MB ({after[-1] - after[1]:+,} MB).")
+        now, peak = r["pss_at_round_mb"], r["peak_pss_by_round_mb"]
+        if len(now) >= 4:
+            lines.append(f"- {r['clients']:,} clients, rounds 2 to {len(now)}: tree PSS as the round ends "
+                         f"{now[1]:,} -> {now[-1]:,} MB ({now[-1] - now[1]:+,} MB); peak so far "
+                         f"{peak[1]:,} -> {peak[-1]:,} MB ({peak[-1] - peak[1]:+,} MB).")
     base = later(doc["runs"][0]["round_s"])
     lines += ["", "- Per-round time against the smallest federation: " + "; ".join(
         f"{r['clients']:,} clients {later(r['round_s']) / base:.2f} x" for r in doc["runs"]) + "."]

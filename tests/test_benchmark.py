@@ -171,3 +171,13 @@ def test_the_deployment_and_start_up_reports_render_from_their_committed_figures
     (tmp_path / "benchmarks" / "deploy.json").write_text(json.dumps(deploy))
     assert bench_deploy.main(["--report", "--docs", str(tmp_path)]) == 0
     assert text in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def test_the_scale_report_renders_from_its_committed_figures() -> None:
+    from simulations import bench_scale
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = bench_scale.markdown(json.loads((docs / "benchmarks" / "scale.json").read_text()))
+    assert "| 1,000 | fraction 0.01: 10-10 trained |" in text and "Per-round time against" in text
+    long = bench_scale.markdown(json.loads((docs / "benchmarks" / "scale-20-rounds.json").read_text()))
+    assert "rounds 2 to 20: tree PSS as the round ends" in long

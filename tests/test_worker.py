@@ -127,6 +127,20 @@ def test_the_workers_errors_come_back_as_their_own_class(tmp_path: Path, worker:
     with pytest.raises(RuntimeError, match="unknown op 'predict'"):
         delegate("predict", content, context)
 
+    # A ClientApp that goes away before its answer (killed, timed out) does not
+    # take the worker down: the next one is served.
+    from multiprocessing.connection import Client
+
+    from flwr.common.serde import context_to_proto, recorddict_to_proto
+
+    for _ in range(3):
+        with Client(str(worker[0]), family="AF_UNIX", authkey=worker[1].read_bytes()) as gone:
+            gone.send_bytes(json.dumps({"op": "train"}).encode())
+            gone.send_bytes(recorddict_to_proto(content).SerializeToString())
+            gone.send_bytes(context_to_proto(context).SerializeToString())
+    with pytest.raises(DataError, match="missing.csv"):
+        delegate("train", content, context)
+
 
 def test_a_train_message_handed_to_the_worker_never_imports_torch_in_the_clientapp(
     tmp_path: Path, worker: tuple[Path, Path, Path]
