@@ -80,11 +80,6 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
             # per message, five messages a round under SecAgg+. A tenth of
             # that costs a local request ten times a second.
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-            # glibc gives each thread that allocates its own arena; the ServerApp
-            # (Flower's threads, gRPC, torch) kept freed update buffers in them.
-            # Two arenas: its peak PSS 2.39 -> 1.85 GB, the whole simulation's
-            # 6.14 -> 5.83 GB, round times unchanged (10 clients, bench_scale).
-            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
         }
     )
     # flower-superlink spawns flower-superexec by name: find it next to Python.

@@ -87,14 +87,3 @@ def test_a_run_whose_app_recorded_nothing_ends_with_flowers_status(
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"status": "completed", "rounds": []}))
     assert follow_run(_Link("finished:completed"), 1, metrics, print) == ("finished:completed", "details from Flower")
-
-
-def test_flower_processes_poll_quickly_and_keep_few_malloc_arenas(monkeypatch: pytest.MonkeyPatch,
-                                                                   tmp_path: Path) -> None:
-    from common.processes import flower_env
-
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    env = flower_env(tmp_path)
-    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1" and env["MALLOC_ARENA_MAX"] == "2"
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")  # the user's own setting wins
-    assert flower_env(tmp_path)["MALLOC_ARENA_MAX"] == "8"
