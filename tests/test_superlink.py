@@ -87,3 +87,9 @@ def test_a_run_whose_app_recorded_nothing_ends_with_flowers_status(
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"status": "completed", "rounds": []}))
     assert follow_run(_Link("finished:completed"), 1, metrics, print) == ("finished:completed", "details from Flower")
+
+
+def test_flower_processes_look_for_work_ten_times_a_second(tmp_path: Path) -> None:
+    from common.processes import flower_env
+
+    assert flower_env(tmp_path)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
