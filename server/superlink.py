@@ -254,16 +254,18 @@ def follow_run(
     """
     shown, last_check = 0, time.monotonic()
     while True:
-        shown = _new_rounds(metrics, shown, on_round)
-        outcome = _app_outcome(metrics)
+        doc = _read_metrics(metrics)
+        shown = _new_rounds(doc, shown, on_round)
+        outcome = _app_outcome(doc)
         if outcome is not None:
             return outcome
         if time.monotonic() - last_check >= STATUS_EVERY:
             last_check = time.monotonic()
             status, details = superlink.run_status(run_id)
             if status.startswith("finished"):
-                _new_rounds(metrics, shown, on_round)
-                return (status, details) if _app_outcome(metrics) is None else _app_outcome(metrics)
+                doc = _read_metrics(metrics)
+                _new_rounds(doc, shown, on_round)
+                return _app_outcome(doc) or (status, details)
         time.sleep(POLL_S)
 
 
@@ -276,25 +278,25 @@ STATUS_EVERY = 15.0
 POLL_S = 0.5
 
 
-def _app_outcome(metrics: Path) -> tuple[str, str] | None:
-    """The run's outcome as the ServerApp recorded it, once it has also told the clients."""
+def _read_metrics(metrics: Path) -> dict[str, Any]:
+    """``metrics.json`` as the ServerApp last wrote it (``{}`` before it exists)."""
     try:
         doc = json.loads(metrics.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _app_outcome(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """The run's outcome as the ServerApp recorded it, once it has also told the clients."""
     status = str(doc.get("status", "running"))
     if status == "running" or "clients_told" not in doc:
         return None
     return ("finished:completed", "") if status == "completed" else ("finished:failed", status)
 
 
-def _new_rounds(metrics: Path, shown: int, on_round: Callable[[dict[str, Any]], None]) -> int:
-    try:
-        doc = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return shown
-    rounds = doc.get("rounds", [])
-    for entry in rounds[shown:]:
+def _new_rounds(doc: dict[str, Any], shown: int, on_round: Callable[[dict[str, Any]], None]) -> int:
+    for entry in doc.get("rounds", [])[shown:]:
         shown += 1
         on_round(entry)
     return shown
