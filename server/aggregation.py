@@ -86,6 +86,19 @@ class RoundUpdate:
         return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why], self.phases)
 
 
+class Laps:
+    """Seconds of consecutive steps of a round, each timed from the end of the one before."""
+
+    def __init__(self, phases: dict[str, float] | None = None) -> None:
+        self.phases = dict(phases or {})
+        self._since = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._since, 3)
+        self._since = now
+
+
 class Aggregation(Protocol):
     """How a round's updates travel and are combined (plain or secure)."""
 
@@ -134,9 +147,9 @@ class PlainAggregation:
     ) -> RoundUpdate:
         """Send the train instructions and average the valid updates."""
         bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
-        started = time.perf_counter()
+        laps = Laps()
         replies = exchange(grid, instructions, timeout)
-        phases = {"train": round(time.perf_counter() - started, 3)}
+        laps.lap("train")
         problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
         total = 0
         summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
@@ -160,11 +173,11 @@ class PlainAggregation:
         for line in problems:
             log.warning("round update left out: %s", line)
         if total == 0:
-            return RoundUpdate({}, 0, 0, {}, bytes_up, bytes_down, problems, phases)
+            return RoundUpdate({}, 0, 0, {}, bytes_up, bytes_down, problems, laps.phases)
         mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
         return RoundUpdate(
             mean, total, len(weights), client_mean_metrics(metrics),
-            bytes_up, bytes_down, problems, phases,
+            bytes_up, bytes_down, problems, laps.phases,
         )
 
 

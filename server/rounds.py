@@ -52,7 +52,7 @@ from common.messages import (
 )
 from common.metrics import metrics_from_confusion, summary
 from common.splits import server_test_set
-from server.aggregation import Aggregation, PlainAggregation, apply_update
+from server.aggregation import Aggregation, Laps, PlainAggregation, apply_update
 from server.checkpoint import (
     Checkpoint,
     check_arrays,
@@ -143,13 +143,11 @@ def run_federation(
         else:
             arrays = apply_update(strategy, server_round, arrays, update)
             model.load(arrays)
-        phases = dict(update.phases)
-        clock = time.perf_counter()
+        laps = Laps(update.phases)
         evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout, trial)
-        phases["evaluate"] = round(time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
+        laps.lap("evaluate")
         central = model.evaluate(test) if cfg.central_eval else {}
-        phases["central"] = round(time.perf_counter() - clock, 3)
+        laps.lap("central")
         clients: dict[str, Any] = {
             "trained": update.num_clients,
             "train_examples": update.total_examples,
@@ -166,7 +164,7 @@ def run_federation(
             bytes_down=update.bytes_down + eval_bytes,
             seconds=time.perf_counter() - started,
             bytes_up_per_client=update.bytes_up // max(update.num_clients, 1),
-            phases_s=phases,
+            phases_s=laps.phases,
             **({"privacy": record} if (record := privacy.record()) else {}),
         )
         if trial is None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +33,7 @@ from common.config import FedTextConfig, secagg_params
 from common.messages import ARRAYS, METRICS, SECAGG, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
-from server.aggregation import RoundUpdate, client_mean_metrics
+from server.aggregation import Laps, RoundUpdate, client_mean_metrics
 from server.exchange import exchange
 
 log = logging.getLogger("fedtext.server")
@@ -68,20 +67,12 @@ class SecureAggregation:
         server = SecAggServer(self.params, round_id=os.urandom(16))
         traffic = _Traffic()
         problems: list[str] = []
-        phases: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            phases[name] = round(now - clock, 3)
-            clock = now
-
+        laps = Laps()
         try:
             # Stage 0 carries the train instruction: its wait covers training.
             requests0 = server.stage0_requests(nodes)
             replies = self._exchange(grid, instructions, requests0, timeout, traffic, problems, train=True)
-            lap("stage 0 (train)")
+            laps.lap("stage 0 (train)")
             train_metrics = [dict(r.content.metric_records[METRICS]) for r in replies.values()
                              if METRICS in r.content.metric_records]
             answers = _answers(replies)
@@ -91,14 +82,14 @@ class SecureAggregation:
                 replies = self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
                                          traffic, problems)
                 answers = _answers(replies, with_masked=(stage == 2))
-                lap(f"stage {stage}")
+                laps.lap(f"stage {stage}")
             result = server.finish(answers)
-            lap("unmask")
+            laps.lap("unmask")
         except SecAggError as exc:
             problems.append(f"secure aggregation failed: {exc}")
             for line in problems:
                 log.warning("round update left out: %s", line)
-            return RoundUpdate({}, 0, 0, {}, traffic.up, traffic.down, problems, phases)
+            return RoundUpdate({}, 0, 0, {}, traffic.up, traffic.down, problems, laps.phases)
         problems += [f"node {n}: dropped at stage {s}" for n, s in sorted(server.dropped.items())]
         problems += [f"node {n}: {why}" for n, why in sorted(server.rejected.items())]
         for line in problems:
@@ -111,7 +102,7 @@ class SecureAggregation:
             bytes_up=traffic.up,
             bytes_down=traffic.down,
             problems=problems,
-            phases=phases,
+            phases=laps.phases,
         )
 
     def _exchange(
