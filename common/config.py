@@ -443,11 +443,10 @@ def _validate_secagg(cfg: FedTextConfig) -> None:
                 f"config key '{key}': secure aggregation needs at least 3 clients per round, "
                 f"got {value}; add clients or pass --no-secagg"
             )
-    # What one round sums is the clients it samples (Flower samples
-    # max(fraction x available, minimum) nodes), not the whole federation:
+    # What one round sums is the clients it samples, not the whole federation:
     # 1,000 clients at fraction-train 0.01 sum 10 updates a round. The round
     # checks its actual number again (server/secure_aggregation.py).
-    per_round = max(int(cfg.clients * cfg.fraction_train), cfg.min_clients)
+    per_round = max(sampled_by_fraction(cfg), cfg.min_clients)
     try:
         params = secagg_params(cfg)
         params.validate(per_round)
@@ -482,6 +481,14 @@ def check_dp_flags(values: Mapping[str, Any]) -> None:
     if given and values.get("dp", "none") == "none":
         raise ConfigError(f"config key '{to_key(given[0])}': needs dp record or dp client, "
                           "got dp none")
+
+
+def sampled_by_fraction(cfg: FedTextConfig) -> int:
+    """Clients ``fraction-train`` picks from ``clients`` a round, as Flower computes it.
+
+    Flower then samples at least ``min-clients`` (max of the two).
+    """
+    return int(cfg.clients * cfg.fraction_train)
 
 
 def secagg_params(cfg: FedTextConfig):  # noqa: ANN201 - avoids importing secagg at module level

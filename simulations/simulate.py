@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.config import FedTextConfig, absolute_paths
+from common.config import FedTextConfig, absolute_paths, sampled_by_fraction
 from common.errors import ConfigError, FedTextError
 from common.model import check_model
 from common.partition import load_partitions
@@ -38,7 +38,7 @@ def prepare_config(cfg: FedTextConfig) -> FedTextConfig:
 
 def check_sampling(cfg: FedTextConfig) -> None:
     """A round must sample enough clients: Flower would silently sample more than asked."""
-    sampled = int(cfg.clients * cfg.fraction_train)
+    sampled = sampled_by_fraction(cfg)
     need = max(cfg.min_clients, 3 if cfg.secagg else 1)
     if sampled < need:
         why = "min-clients" + (" and secure aggregation" if cfg.secagg else "")
