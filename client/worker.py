@@ -191,6 +191,8 @@ class WorkerProcess:
 
         stop_process_group(self.process, grace=3.0)
         self.socket.unlink(missing_ok=True)
+        if self.socket.parent != self.key_file.parent:  # a temporary folder of socket_path's
+            self.socket.parent.rmdir()
 
 
 def start_worker(home: Path, env: dict[str, str], ready_timeout: float = 30.0) -> WorkerProcess:
