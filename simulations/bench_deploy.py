@@ -162,10 +162,9 @@ def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, An
 
 def previous_summary(docs: Path) -> dict[str, Any] | None:
     """The last report's summary, kept as "before" when it came from earlier code."""
-    path = docs / "benchmarks" / "deploy.json"
-    if not path.is_file():
+    if not (docs / "benchmarks" / "deploy.json").is_file():
         return None
-    old = json.loads(path.read_text())
+    old = read_figures(docs, "deploy")
     return old.get("before") or {"finished": old.get("finished"), "summary": old.get("summary")}
 
 

@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
-from simulations.bench_startup import ROUND_LINE
+from simulations.bench_startup import ROUND_LINE, stamped
 from simulations.benchmark import TreeMemory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,14 +41,9 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
     cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out), "--clients", str(clients),
            "--fraction-train", fraction, "--fraction-evaluate", fraction, "--rounds", str(rounds),
            "--min-clients", str(PER_ROUND), *extra]
-    started = time.perf_counter()
-    lines: list[tuple[float, str]] = []
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with TreeMemory(proc.pid, watch="flwr-simulation") as memory:
-        lines = [(time.perf_counter() - started, line.rstrip()) for line in proc.stdout]  # type: ignore[union-attr]
-        code = proc.wait()
-    wall = time.perf_counter() - started
+    code, lines, memory = stamped(cmd, lambda pid: TreeMemory(pid, watch="flwr-simulation"))
+    assert memory is not None
+    wall = lines[-1][0]
     (out.parent / f"{out.name}.log").write_text("\n".join(f"{t:7.1f} {line}" for t, line in lines) + "\n")
     doc = json.loads((out / "metrics.json").read_text())
     rounds_ = [r for r in doc["rounds"] if r["round"] >= 1]

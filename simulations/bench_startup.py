@@ -26,29 +26,39 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.reports import markers, replace_part, write_figures
 
+W = TypeVar("W", bound=AbstractContextManager[Any])
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("startup", "python -m simulations.bench_startup")
 ROUND_LINE = re.compile(r"^round (\d+)/(\d+) ")
 
 
-def stamped(cmd: list[str]) -> tuple[int, list[tuple[float, str]]]:
-    """Run ``cmd``; its exit code and each output line with the seconds since the start."""
+def stamped(cmd: list[str], watch: Callable[[int], W] | None = None
+            ) -> tuple[int, list[tuple[float, str]], W | None]:
+    """Run ``cmd``; its exit code, each output line with the seconds since the start, and the watcher.
+
+    ``watch``: given the process id, a context (e.g. a memory sampler) held
+    while the command runs, and returned.
+    """
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = [(time.perf_counter() - started, line.rstrip()) for line in proc.stdout]  # type: ignore[union-attr]
-    code = proc.wait()
+    watcher = watch(proc.pid) if watch else None
+    with watcher if watcher is not None else nullcontext():
+        lines = [(time.perf_counter() - started, line.rstrip()) for line in proc.stdout]  # type: ignore[union-attr]
+        code = proc.wait()
     lines.append((time.perf_counter() - started, "<exit>"))
-    return code, lines
+    return code, lines, watcher
 
 
 def federated(out: Path, flags: list[str]) -> dict[str, Any]:
-    code, lines = stamped([sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out), *flags])
+    code, lines, _ = stamped([sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out), *flags])
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     seconds = {r["round"]: r["seconds"] for r in rounds}
     at = {int(m.group(1)): t for t, line in lines if (m := ROUND_LINE.match(line))}
@@ -68,7 +78,7 @@ def federated(out: Path, flags: list[str]) -> dict[str, Any]:
 
 
 def centralized(out: Path, flags: list[str]) -> dict[str, Any]:
-    code, lines = stamped([sys.executable, "-m", "simulations.cli", "centralized", "--out", str(out), *flags])
+    code, lines, _ = stamped([sys.executable, "-m", "simulations.cli", "centralized", "--out", str(out), *flags])
     rounds = json.loads((out / "metrics.json").read_text())["rounds"]
     epochs = sum(r.get("seconds", 0.0) for r in rounds)
     return {"exit_code": code, "wall_s": round(lines[-1][0], 2), "epochs_s": round(epochs, 2),
