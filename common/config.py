@@ -15,8 +15,8 @@ so a value is validated once, at the edge, whatever its origin:
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
