@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +163,7 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     note(context, "train", round=job.instruction.server_round, rows=result.num_examples, steps=result.steps,
          loss=round(result.loss, 6), seconds=round(result.seconds, 2), threads=torch.get_num_threads(),
          **({"epsilon": round(privacy["dp-epsilon"], 4)} if "dp-epsilon" in privacy else {}))
-    reply = train_reply(update, weight, result.loss, result.steps, result.seconds)
+    reply = train_reply(update, weight, result.loss, result.steps, result.seconds, ray_node=_ray_node())
     # Lets a run report where its clients trained (e.g. the GPU check).
     reply.metric_records["metrics"]["train-on-gpu"] = int(device.type == "cuda")
     if cfg.dp != "none":
@@ -172,6 +173,14 @@ def train_locally(content: RecordDict, context: Context) -> RecordDict:
     for key, value in privacy.items():
         reply.metric_records["metrics"][key] = float(value)
     return reply
+
+
+def _ray_node() -> str | None:
+    """The Ray node whose actor runs this client (a simulation), else None."""
+    ray = sys.modules.get("ray")  # looked up, not imported: a deployed ClientApp never loads Ray
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def evaluate_locally(content: RecordDict, context: Context) -> RecordDict:

@@ -42,6 +42,7 @@ from common.messages import (
     DP_NOISE_FLOOR,
     METRICS,
     NUM_EXAMPLES,
+    PLACEMENT,
     SECAGG,
     from_array_record,
 )
@@ -105,7 +106,10 @@ def _train_and_advertise(
     _save(context, client)
     # The example count is aggregated under the mask with the update; only
     # training diagnostics travel in the clear.
-    return Message(RecordDict({SECAGG: ConfigRecord(reply), METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({SECAGG: ConfigRecord(reply), METRICS: MetricRecord(metrics)})
+    if PLACEMENT in trained.content.config_records:
+        content[PLACEMENT] = trained.content.config_records[PLACEMENT]
+    return Message(content, reply_to=msg)
 
 
 def _identity(context: Context) -> dict:

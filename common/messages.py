@@ -17,6 +17,8 @@ train reply            ``"arrays"``: the client's **update** (trained minus
                        ``train-steps``, ``train-seconds``; ``dp-epsilon``,
                        ``dp-noise-multiplier`` (dp record: the client's own
                        accounting)
+                       ``"placement"`` (simulated clients only): ``ray-node``,
+                       the id of the Ray node whose actor trained
 evaluate instruction   as the train instruction (``"arrays"`` = global weights)
 evaluate reply         ``"metrics"``: ``num-examples``, ``loss``, ``accuracy``,
                        ``confusion`` (row-major confusion matrix, for exact
@@ -59,6 +61,8 @@ TRIAL_CONFIG = "trial-config"
 DP_NOISE_FLOOR = "dp-noise-floor"
 SECAGG = "secagg"
 SECAGG_MASKED = "secagg-masked"
+PLACEMENT = "placement"
+RAY_NODE = "ray-node"
 RUN_END = "query.run_end"  # a message type, not a record name
 RUN_STATUSES = ("completed", "failed")
 
@@ -155,10 +159,11 @@ def parse_instruction(content: RecordDict) -> Instruction:
 
 
 def train_reply(
-    update: dict[str, np.ndarray], num_examples: int, loss: float, steps: int, seconds: float
+    update: dict[str, np.ndarray], num_examples: int, loss: float, steps: int, seconds: float,
+    ray_node: str | None = None,
 ) -> RecordDict:
-    """A client's train reply: its update and how it was obtained."""
-    return RecordDict(
+    """A client's train reply: its update, how it was obtained, and where (a simulated client's Ray node)."""
+    reply = RecordDict(
         {
             ARRAYS: to_array_record(update),
             METRICS: MetricRecord(
@@ -171,6 +176,23 @@ def train_reply(
             ),
         }
     )
+    if ray_node:
+        reply[PLACEMENT] = ConfigRecord({RAY_NODE: ray_node})
+    return reply
+
+
+def ray_nodes(replies: list[RecordDict]) -> dict[str, int]:
+    """How many of these train replies came from each Ray node (replies without a placement left out).
+
+    A placement is a diagnostic, not a contribution: a malformed one is skipped,
+    never a reason to refuse the update.
+    """
+    counts: dict[str, int] = {}
+    for content in replies:
+        node = content.config_records[PLACEMENT].get(RAY_NODE) if PLACEMENT in content.config_records else None
+        if isinstance(node, str) and node:
+            counts[node] = counts.get(node, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def evaluate_reply(metrics: dict, num_examples: int) -> RecordDict:

@@ -36,6 +36,7 @@ from common.messages import (
     NUM_EXAMPLES,
     from_array_record,
     parse_train_reply,
+    ray_nodes,
     record_bytes,
     to_array_record,
 )
@@ -65,6 +66,8 @@ class RoundUpdate:
     phases : dict[str, float]
         Seconds of each exchange of the round ("train", or the four SecAgg+
         stages), from sending to the last reply: where a round's time goes.
+    ray_nodes : dict[str, int]
+        Clients that trained, per Ray node (simulations; empty in deployment).
     """
 
     mean_update: dict[str, np.ndarray]
@@ -75,6 +78,7 @@ class RoundUpdate:
     bytes_down: int = 0
     problems: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    ray_nodes: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -83,7 +87,8 @@ class RoundUpdate:
 
     def discarded(self, why: str) -> RoundUpdate:
         """This round with its aggregate thrown away (traffic and problems kept, ``why`` added)."""
-        return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why], self.phases)
+        return RoundUpdate({}, 0, 0, {}, self.bytes_up, self.bytes_down, [*self.problems, why], self.phases,
+                           self.ray_nodes)
 
 
 class Laps:
@@ -153,7 +158,7 @@ class PlainAggregation:
         problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
         total = 0
         summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}
-        metrics, weights, bytes_up = [], [], 0
+        metrics, weights, bytes_up, valid = [], [], 0, []
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -170,6 +175,7 @@ class PlainAggregation:
             total += parsed.num_examples
             metrics.append(parsed.metrics)
             weights.append(parsed.num_examples)
+            valid.append(reply.content)
         for line in problems:
             log.warning("round update left out: %s", line)
         if total == 0:
@@ -177,7 +183,7 @@ class PlainAggregation:
         mean = {k: (s / total).astype(np.float32) for k, s in summed.items()}
         return RoundUpdate(
             mean, total, len(weights), client_mean_metrics(metrics),
-            bytes_up, bytes_down, problems, laps.phases,
+            bytes_up, bytes_down, problems, laps.phases, ray_nodes(valid),
         )
 
 

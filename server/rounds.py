@@ -154,6 +154,8 @@ def run_federation(
             **({} if update.empty else {"train": update.train_metrics}),
             **evaluation,
         }
+        if update.ray_nodes:
+            clients["ray_nodes"] = update.ray_nodes
         if update.problems:
             clients["problems"] = update.problems
         recorder.record_round(

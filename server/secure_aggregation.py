@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import FedTextConfig, secagg_params
-from common.messages import ARRAYS, METRICS, SECAGG, record_bytes
+from common.messages import ARRAYS, METRICS, SECAGG, ray_nodes, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
 from server.aggregation import Laps, RoundUpdate, client_mean_metrics
@@ -75,6 +75,7 @@ class SecureAggregation:
             laps.lap("stage 0 (train)")
             train_metrics = [dict(r.content.metric_records[METRICS]) for r in replies.values()
                              if METRICS in r.content.metric_records]
+            placed = ray_nodes([r.content for r in replies.values()])
             answers = _answers(replies)
             for stage, step in ((1, server.stage1_requests), (2, server.stage2_requests),
                                 (3, server.stage3_requests)):
@@ -103,6 +104,7 @@ class SecureAggregation:
             bytes_down=traffic.down,
             problems=problems,
             phases=laps.phases,
+            ray_nodes=placed,
         )
 
     def _exchange(

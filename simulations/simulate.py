@@ -25,7 +25,7 @@ from common.recipe import peak_lr
 from common.splits import server_test_set_and_pool, split_share, write_client_shares
 from server.checkpoint import load_for_resume
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
-from simulations.ray_head import check_ray_address
+from simulations.ray_cluster import check_ray_address
 
 if TYPE_CHECKING:
     import datasets

@@ -15,6 +15,7 @@ from common.messages import (
     parse_evaluate_reply,
     parse_instruction,
     parse_train_reply,
+    ray_nodes,
     record_bytes,
     to_array_record,
     train_reply,
@@ -108,6 +109,17 @@ def test_train_reply_round_trip() -> None:
     for k in update:
         np.testing.assert_array_equal(parsed.update[k], update[k])
         assert parsed.update[k].dtype == np.float32
+
+
+def test_train_replies_count_clients_per_ray_node_and_skip_odd_placements() -> None:
+    a, b = "a1" * 28, "b2" * 28
+    replies = [train_reply(_update(), 40, 0.7, 5, 1.5, ray_node=node) for node in (b, a, b)]
+    replies.append(train_reply(_update(), 40, 0.7, 5, 1.5))  # deployed: no placement
+    odd = train_reply(_update(), 40, 0.7, 5, 1.5)
+    odd["placement"] = ConfigRecord({"ray-node": 7})  # a peer's malformed diagnostic
+    replies.append(odd)
+    assert ray_nodes(replies) == {a: 1, b: 2}
+    assert parse_train_reply(replies[0], EXPECTED).num_examples == 40  # the placement does not disturb the update
 
 
 def _reply_with(arrays: dict[str, np.ndarray] | None = None, metrics: dict | None = None,

@@ -54,6 +54,8 @@ def test_federation_learns(run_dir: Path) -> None:
     assert last["loss"] < first["loss"]
     for entry in rounds[1:]:
         assert entry["clients"]["trained"] == CLIENTS
+        # One local Ray node trained them all; its id came back through the SecAgg+ stage-0 reply.
+        assert list(entry["clients"]["ray_nodes"].values()) == [CLIENTS], entry["clients"]
         assert entry["clients"]["evaluated"] == CLIENTS
         assert entry["clients"]["evaluate"]["num_examples"] > 0
         assert entry["seconds"] > 0

@@ -104,11 +104,11 @@ class FederationRunner:
     def __init__(self, home: Path, base: FedTextConfig, num_cpus: int | None = None) -> None:
         from common.trial_queue import TrialQueue
         from server.superlink import LocalSuperLink
-        from simulations.ray_head import RayHead
+        from simulations.ray_cluster import RayNode
 
         self.home, self.base = home, base
         self.queue = TrialQueue(home / "queue")
-        self.ray = RayHead(home / "ray.log", num_cpus or os.cpu_count() or 1)
+        self.ray = RayNode(home / "ray.log", num_cpus or os.cpu_count() or 1)
         self.superlink = LocalSuperLink(home=home, simulation=True)
         self.run_id = 0
         self.started_s = 0.0
