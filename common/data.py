@@ -250,8 +250,10 @@ def load_labeled(
     if label_names is None:
         label_names = discover_labels(raw, label_column, source, min_distinct_labels)
     ids = {name: i for i, name in enumerate(label_names)}
-    texts = raw[text_column]
-    labels = raw[label_column]
+    # A column slice reads the whole column at once; iterating a Column (or
+    # handing one to from_dict) reads it row by row: 10x slower on 200k rows.
+    texts = raw[text_column][:]
+    labels = raw[label_column][:]
     label_ids: list[int] = []
     clean_texts: list[str] = []
     for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1):
@@ -259,7 +261,7 @@ def load_labeled(
         label_ids.append(_check_label(label, row, source, label_column, ids))
     columns: dict[str, list[Any]] = {"text": clean_texts, "label": label_ids}
     for column in keep_columns:
-        columns[column] = raw[column]
+        columns[column] = raw[column][:]
     import datasets
 
     return LabeledData(datasets.Dataset.from_dict(columns), list(label_names), source)
