@@ -85,6 +85,9 @@ class BalancedNaturalIdPartitioner(Partitioner):
         return [np.flatnonzero(row_owner == c) for c in range(self._num_partitions)]
 
 
+MIN_DIRICHLET_ROWS = 2  # a client's train and held-out rows need at least one each
+
+
 def make_partitioner(scheme: str, num_partitions: int, seed: int) -> Partitioner:
     """The flwr-datasets partitioner for a ``partition`` config value."""
     if scheme == "iid":
@@ -97,7 +100,7 @@ def make_partitioner(scheme: str, num_partitions: int, seed: int) -> Partitioner
             alpha=float(arg),
             # Tiny shards make a client's local epoch a handful of steps; the
             # partitioner resamples until every client has this many rows.
-            min_partition_size=2,
+            min_partition_size=MIN_DIRICHLET_ROWS,
             self_balancing=False,
             seed=seed,
         )
@@ -140,4 +143,12 @@ def load_partitions(
     try:
         return [partitioner.load_partition(pid) for pid in (range(num_partitions) if ids is None else ids)]
     except ValueError as exc:  # DirichletPartitioner gives up on impossible sizes
+        if "max number of attempts" in str(exc):
+            # With many clients and a small alpha, some client gets almost no rows in
+            # every draw, whatever the corpus size: say which knob moves that.
+            raise DataError(
+                f"partition '{scheme}': {num_partitions} clients from {len(dataset)} rows left some client with "
+                f"fewer than {MIN_DIRICHLET_ROWS} rows in each of 10 draws; raise alpha "
+                f"(e.g. dirichlet:{2 * float(scheme.split(':')[1]):g}), use fewer clients, or partition iid"
+            ) from exc
         raise DataError(f"partition '{scheme}' over {len(dataset)} rows: {exc}") from exc

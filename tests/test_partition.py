@@ -114,6 +114,15 @@ def test_more_clients_than_rows(pool) -> None:  # noqa: ANN001
         load_partition(pool.select(range(3)), "iid", 4, 0, 42)
 
 
+def test_dirichlet_with_too_many_clients_for_its_alpha_names_the_remedy(pool) -> None:  # noqa: ANN001
+    # 400 clients of 2 rows on average: at alpha 0.1 some client gets almost nothing in every draw.
+    with pytest.raises(DataError) as info:
+        load_partition(pool, "dirichlet:0.1", 400, 0, 42)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "400 clients from 800 rows" in message and "raise alpha (e.g. dirichlet:0.2)" in message, message
+
+
 @pytest.mark.parametrize("pid", [-1, 4, 10])
 def test_partition_id_out_of_range(pool, pid: int) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="'partition-id'.*0..3"):
