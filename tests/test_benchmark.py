@@ -181,3 +181,25 @@ def test_the_scale_report_renders_from_its_committed_figures() -> None:
     assert "| 1,000 | fraction 0.01: 10-10 trained |" in text and "Per-round time against" in text
     long = bench_scale.markdown(json.loads((docs / "benchmarks" / "scale-20-rounds.json").read_text()))
     assert "rounds 2 to 20: tree PSS as the round ends" in long
+
+
+def test_the_large_corpus_report_renders_failed_splits_as_rows(tmp_path: Path) -> None:
+    from simulations import bench_data
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = bench_data.markdown(json.loads((docs / "benchmarks" / "data.json").read_text()))
+    assert "| synthetic | 200,000 | iid |" in text and "| packaged | 12,808 | dirichlet:0.5 | fails: " in text
+    assert "set by the share, not the corpus" in text
+
+
+def test_the_synthetic_corpus_repeats_the_packaged_reviews_under_numbered_movies(tmp_path: Path) -> None:
+    import csv
+
+    from simulations.bench_data import synthetic_corpus
+
+    path, base = synthetic_corpus(tmp_path / "big.csv", 30_000)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert base == 12_808 and len(rows) == 30_000
+    assert rows[base]["text"] == rows[0]["text"] and rows[base]["movie_name"] == rows[0]["movie_name"] + " #1"
+    assert rows[2 * base]["movie_name"] == rows[0]["movie_name"] + " #2"
