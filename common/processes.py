@@ -149,10 +149,11 @@ def stop_process_group(process: subprocess.Popen[Any], grace: float = 10.0) -> N
             os.killpg(process.pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            process.poll()
-            if not any(is_alive(pid) for pid in pids):
+            # Our own child is done when it is reaped: a multithreaded process shows
+            # as a zombie while its other threads still exit, and cannot be reaped yet.
+            if process.poll() is not None and not any(is_alive(pid) for pid in pids[1:]):
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
     process.poll()
 
 
