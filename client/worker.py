@@ -21,9 +21,15 @@ Wire (``multiprocessing.connection`` over a Unix socket in the node's home,
 which authenticates both ends with an HMAC challenge over a key that only
 this user can read; frames are bytes, never pickles)::
 
-    request   {"op": "train" | "evaluate"}  RecordDict (protobuf)  Context (protobuf)
+    request   {"op": "train" | "evaluate", "code": fingerprint}  RecordDict (protobuf)  Context (protobuf)
     reply     {"ok": true}                  RecordDict (protobuf)  the Context's state (protobuf)
               {"ok": false, "error": class, "module": module, "message": text}
+              {"ok": false, "code": fingerprint, "message": text}   (other code: not done)
+
+The worker runs the fedtext installed on the node; the ClientApp runs the app
+the server sent. Where the two differ (the organisation upgraded one side
+only), the worker refuses the work (:func:`code_fingerprint`) and the
+ClientApp does it itself, with the server's code.
 
 The node's config names the socket (``worker``) and the key file
 (``worker-key``); both live in the node's home.
@@ -67,8 +73,8 @@ def delegate(op: str, content: RecordDict, context: Context) -> RecordDict:
 
     ``context.state`` comes back as the worker left it (the privacy ledger
     lives there). Raises :class:`WorkerUnavailable` when nobody answers at the
-    socket, before anything was sent; once the request is sent, a worker's
-    failure is this message's failure.
+    socket, or when the worker runs other fedtext code than this ClientApp:
+    nothing was done then. Otherwise a worker's failure is this message's failure.
     """
     from flwr.common.serde import context_to_proto, recorddict_from_proto, recorddict_to_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
@@ -79,16 +85,37 @@ def delegate(op: str, content: RecordDict, context: Context) -> RecordDict:
     except (OSError, EOFError, AuthenticationError) as exc:
         raise WorkerUnavailable(f"no worker at {node[WORKER]}: {exc}") from exc
     with conn:
-        conn.send_bytes(json.dumps({"op": op}).encode())
+        conn.send_bytes(json.dumps({"op": op, "code": code_fingerprint()}).encode())
         conn.send_bytes(recorddict_to_proto(content).SerializeToString())
         conn.send_bytes(context_to_proto(context).SerializeToString())
         head = json.loads(conn.recv_bytes())
+        if "code" in head:
+            raise WorkerUnavailable(head.get("message", "the worker runs other fedtext code"))
         if not head.get("ok"):
             raise _rebuild_error(head)
         reply = ProtoRecordDict.FromString(conn.recv_bytes())
         state = ProtoRecordDict.FromString(conn.recv_bytes())
     context.state = recorddict_from_proto(state)
     return recorddict_from_proto(reply)
+
+
+def code_fingerprint() -> str:
+    """A hash of the fedtext code that train and evaluate run (the ``client`` and ``common`` packages).
+
+    Computed from the files this process imports: the server's app in a
+    ClientApp, the node's installed fedtext in the worker.
+    """
+    import hashlib
+
+    import client
+    import common
+
+    digest = hashlib.sha256()
+    for package in (client, common):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _rebuild_error(head: dict[str, str]) -> Exception:
@@ -112,7 +139,8 @@ def serve(socket: Path, key: bytes) -> None:
         from client.local import evaluate_locally, train_locally  # torch, transformers: once
 
         handlers = {"train": train_locally, "evaluate": evaluate_locally}
-        print(f"fedtext worker: ready on {socket} (pid {os.getpid()})", flush=True)
+        code = code_fingerprint()
+        print(f"fedtext worker: ready on {socket} (pid {os.getpid()}, code {code})", flush=True)
         while True:
             try:
                 conn = listener.accept()
@@ -121,7 +149,7 @@ def serve(socket: Path, key: bytes) -> None:
                 continue
             with conn:
                 try:
-                    _answer(conn, handlers)
+                    _answer(conn, handlers, code)
                 except (OSError, EOFError) as exc:  # the ClientApp went away (killed, timed out)
                     log.warning("worker: could not answer: %s", exc)
 
@@ -145,17 +173,26 @@ def write_key(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _answer(conn: Connection, handlers: dict) -> None:
+def _answer(conn: Connection, handlers: dict, code: str) -> None:
     from flwr.common.serde import context_from_proto, recorddict_from_proto, recorddict_to_proto
     from flwr.proto.message_pb2 import Context as ProtoContext
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
     try:
-        op = json.loads(conn.recv_bytes()).get("op")
+        request = json.loads(conn.recv_bytes())
         content = recorddict_from_proto(ProtoRecordDict.FromString(conn.recv_bytes()))
         context = context_from_proto(ProtoContext.FromString(conn.recv_bytes()))
     except (OSError, EOFError, ValueError) as exc:
         log.warning("worker: dropped a malformed request: %s", exc)
+        return
+    op = request.get("op")
+    if request.get("code") != code:
+        # Training with other code than the app the server sent could change what
+        # the update means: the ClientApp does the work itself instead.
+        why = (f"the node's worker runs other fedtext code ({code}) than this run's app "
+               f"({request.get('code')}); reinstall fedtext at the server's version to use it")
+        log.warning("worker: refused %s: %s", op, why)
+        conn.send_bytes(json.dumps({"ok": False, "code": code, "message": why}).encode())
         return
     try:
         if op not in handlers:

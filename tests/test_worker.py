@@ -142,6 +142,32 @@ def test_the_workers_errors_come_back_as_their_own_class(tmp_path: Path, worker:
         delegate("train", content, context)
 
 
+@pytest.mark.usefixtures("flwr_identity")
+def test_a_worker_running_other_fedtext_code_refuses_and_the_clientapp_works_itself(
+    tmp_path: Path, worker: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.app import Context
+
+    import client.worker
+
+    content = RecordDict({ARRAYS: to_array_record({}), CONFIG: instruction_config(1, ["neg", "pos"])})
+    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config=dict(TINY.to_mapping()),
+                      node_config={"data-path": str(tmp_path / "missing.csv"), WORKER: str(worker[0]),
+                                   WORKER_KEY: str(worker[1])})
+    # The server's app (this ClientApp's code) and the node's install differ.
+    monkeypatch.setattr(client.worker, "code_fingerprint", lambda: "0" * 16)
+    with pytest.raises(WorkerUnavailable, match="other fedtext code .* than this run's app"):
+        delegate("train", content, context)
+    from client.app import _carry_out
+
+    with pytest.raises(DataError, match="missing.csv"):  # done here, in the ClientApp's process
+        _carry_out("train", content, context)
+    assert "refused train: the node's worker runs other fedtext code" in _wait_for(worker[2], "refused train", 1)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="missing.csv"):  # the same code again: the worker works
+        delegate("train", content, context)
+
+
 def test_a_train_message_handed_to_the_worker_never_imports_torch_in_the_clientapp(
     tmp_path: Path, worker: tuple[Path, Path, Path]
 ) -> None:
