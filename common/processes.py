@@ -17,12 +17,11 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import subprocess
 
 APP_DIR = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from common.processes import free_port
-from tests.model_families import make_family_model
 from simulations.cli import main
+from tests.model_families import make_family_model
 
 GOOD_ROWS = "text,label\na warm and funny film,fresh\ndull and far too long,rotten\nmoving,fresh\n"
 

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from deploy import certs
 from common.processes import descendants, is_alive
+from deploy import certs
 
 HOSTS = ["server", "fl.example.org", "10.1.2.3", "2001:db8::7"]
 PRIVATE_FILES = ["ca.key", "server.key", "clients/client-1.key", "clients/client-1.id.key",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.config import FedTextConfig, add_config_arguments, config_from_args
 from common.errors import ConfigError
