@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)
 
     from client.worker import start_worker
-    from common.processes import flower_env, flwr_bin
+    from common.processes import flower_env
 
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     journal = home / "status.jsonl"
@@ -299,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
     worker = None if args.no_worker else start_worker(home, env)
     try:
         node_config = write_node_config(home, data_path, args, journal, worker.address if worker else None)
-        cmd = [flwr_bin("flower-supernode"), "--superlink", superlink,
+        # Flower's SuperNode, with its idle waits capped (client/supernode.py).
+        cmd = [sys.executable, "-m", "client.supernode", "--superlink", superlink,
                "--node-config", str(node_config), "--isolation", "subprocess",
                "--host", "127.0.0.1", "--port", str(local_port),
                # Flower's own retry limit: without it a SuperNode whose server is gone

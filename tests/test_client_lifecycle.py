@@ -133,3 +133,35 @@ def test_the_deployment_benchmark_reads_the_clients_own_lines(tmp_path: Path) ->
     for i, path in enumerate(files):  # each deployed client's file is one simulated client's share
         assert pd.read_csv(path)["text"].tolist() == frame[frame["client"] == f"c{i}"]["text"].tolist()
     assert len(pd.read_csv(test)) == 4 and not set(pd.read_csv(test)["text"]) & set(frame["text"])
+
+
+def test_the_supernode_hears_the_next_message_within_the_cap_not_flowers_3_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from flwr.supernode import start_client_internal as loop
+
+    from client.supernode import _CappedTime, cap_idle_waits, poll_seconds
+    from common.errors import ConfigError
+
+    monkeypatch.setattr(loop, "time", time)  # undone after the test: other tests see Flower's module
+    assert cap_idle_waits(0.05)
+    assert isinstance(loop.time, _CappedTime) and loop.time.monotonic() > 0  # the rest of `time` is intact
+    started = time.perf_counter()
+    loop.time.sleep(3)  # the loop's idle wait after a pull that found nothing
+    assert time.perf_counter() - started < 1.0
+    # A Flower whose loop no longer uses `time` this way is left alone.
+    monkeypatch.setattr(loop, "time", object())
+    assert not cap_idle_waits(0.05)
+    assert poll_seconds({}) == 0.2 and poll_seconds({"FEDTEXT_SUPERNODE_POLL_S": "1"}) == 1.0
+    for bad in ("fast", "0", "10"):
+        with pytest.raises(ConfigError, match="FEDTEXT_SUPERNODE_POLL_S"):
+            poll_seconds({"FEDTEXT_SUPERNODE_POLL_S": bad})
+
+
+def test_the_supernode_module_runs_flowers_entry_point() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "client.supernode", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "--superlink" in proc.stdout and "flower-supernode" in proc.stdout, proc.stderr
