@@ -80,6 +80,10 @@ class SecureAggregation:
             for stage, step in ((1, server.stage1_requests), (2, server.stage2_requests),
                                 (3, server.stage3_requests)):
                 requests = step(answers)
+                # Stage 3's requests hold the sum of the masked vectors: the
+                # vectors themselves (one update-sized array per client) go now,
+                # not after the next wait.
+                del answers, replies
                 replies = self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
                                          traffic, problems)
                 answers = _answers(replies, with_masked=(stage == 2))
@@ -157,6 +161,7 @@ def _answers(replies: Mapping[int, Message], with_masked: bool = False) -> dict[
         answer = dict(reply.content.config_records[SECAGG])
         if with_masked and MASKED in reply.content.array_records:
             answer["masked"] = reply.content.array_records[MASKED]["masked"].numpy()
+            del reply.content[MASKED]  # its bytes are decoded: one copy per client at a time, not two
         answers[node] = answer
     return answers
 
