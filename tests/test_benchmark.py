@@ -203,3 +203,12 @@ def test_the_synthetic_corpus_repeats_the_packaged_reviews_under_numbered_movies
     assert base == 12_808 and len(rows) == 30_000
     assert rows[base]["text"] == rows[0]["text"] and rows[base]["movie_name"] == rows[0]["movie_name"] + " #1"
     assert rows[2 * base]["movie_name"] == rows[0]["movie_name"] + " #2"
+
+
+def test_the_tuning_report_renders_from_its_committed_figures() -> None:
+    from simulations import bench_tune
+
+    figures = json.loads((Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "tuning.json").read_text())
+    text = bench_tune.markdown(figures["studies"], figures["command"])
+    assert "| grid | 15 (0) | 150 |" in text and "TPE with pruning vs the exhaustive grid" in text
+    assert "Tuned federated vs tuned centralized" in text
