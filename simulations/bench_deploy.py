@@ -161,11 +161,11 @@ def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, An
 
 
 def previous_summary(docs: Path) -> dict[str, Any] | None:
-    """The last report's summary, kept as "before" when it came from earlier code."""
+    """The last report's summary: what this run is compared with."""
     if not (docs / "benchmarks" / "deploy.json").is_file():
         return None
     old = read_figures(docs, "deploy")
-    return old.get("before") or {"finished": old.get("finished"), "summary": old.get("summary")}
+    return {"finished": old.get("finished"), "summary": old.get("summary")}
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -193,28 +193,25 @@ def markdown(doc: dict[str, Any]) -> str:
         if "simulate" in crypto and deployed:
             lines += ["", f"- An exchange that carries no training (SecAgg+ stages 1-3) takes "
                       f"{statistics.mean(deployed):.1f} s deployed against {crypto['simulate']:.1f} s simulated. "
-                      "Most of it is Flower's SuperNode: after replying it asks the SuperLink for its next "
-                      "message and, finding none yet (the server waits for every client's reply), sleeps "
-                      "3 s (a constant in flwr/supernode/start_client_internal.py), so the last client to reply "
-                      "hears of the next stage about 3 s later; the rest is a fresh ClientApp process per "
-                      "message (Python, Flower, the app's install and import) and the SuperNode's 0.5 s wait "
-                      "for the reply. Five exchanges a round put a floor of about 20 s under a deployed round "
-                      "whatever the training costs."]
+                      "Flower's SuperNode sleeps 3 s after a pull that finds no message (a constant in "
+                      "flwr/supernode/start_client_internal.py) and 0.5 s between looks for the ClientApp's "
+                      "reply; `fedtext client` caps both at 0.2 s (client/supernode.py). What is left is a fresh "
+                      "ClientApp process per message (Python, Flower, the app's install and import) and the "
+                      "three processes' gRPC hops, five exchanges a round."]
     c = doc["process_costs"]
     lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
               f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "
               f"{c['secagg_exchange_s']:.1f} s; a train or evaluate message (torch, transformers, the model) "
               f"{c['train_message_s']:.1f} s without a worker, {c.get('worker_message_s', float('nan')):.1f} s "
               "when it hands the work to the node's warm worker. A round is 5 messages per client (4 SecAgg+ "
-              "exchanges, evaluation); Flower's SuperNode waits up to 3 s between pulls when idle (fixed in "
-              "Flower), and fedtext's server collects replies every 0.1 s (Flower's deployed grid: every 3 s).",
+              "exchanges, evaluation); the SuperNode pulls every 0.2 s when idle (Flower's own wait: 3 s), "
+              "and fedtext's server collects replies every 0.1 s (Flower's deployed grid: every 3 s).",
               f"- Simulation: {sim['wall_s']:.0f} s wall; rounds {', '.join(f'{x:.0f}' for x in sim['round_s'])} s."]
     before = doc.get("before")
     if before and before.get("summary"):
         rows = "; ".join(f"{s['run']}: {s['round_s_2plus']:.1f} s ({s['vs_simulation']:.2f} x), "
                          f"{s.get('not_training_s', '?')} s not training" for s in before["summary"][1:])
-        lines.append(f"- Before the warm worker and the faster polling (report of {before['finished']}, "
-                     f"same command): {rows}.")
+        lines.append(f"- The previous report ({before['finished']}, same command): {rows}.")
     return "\n".join(lines) + "\n"
 
 
