@@ -8,6 +8,8 @@ leaves the hand-written rest of the document as it was.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,11 @@ from typing import Any
 def markers(name: str, command: str) -> tuple[str, str]:
     """The begin and end comments of the part ``command`` writes."""
     return f"<!-- {name}:begin (written by {command}; edits here are lost) -->", f"<!-- {name}:end -->"
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How the report names the run: ``python -m MODULE ARGS`` (``sys.argv`` when ``argv`` is None), shell-quoted."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_figures(docs: Path, name: str, figures: Any) -> Path:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import markers, replace_part, write_figures
+from common.reports import command_line, markers, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("serving", "python -m serve.bench")
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     result: dict[str, Any] = {
-        "command": "python -m serve.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("serve.bench", argv),
         "machine": f"{psutil.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "clients": args.clients, "seconds": args.seconds, "max_length": max_length, "model": str(model),
     }

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
+from common.reports import add_report_arguments, command_line, markers, read_figures, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("data", "python -m simulations.bench_data")
@@ -192,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                  ("synthetic", str(corpus), args.rows)):
             runs.append(measure(name, data, rows, partition, args.clients,
                                 out / f"{name}-{partition.replace(':', '-')}", repartition=partition == "iid"))
-    doc = {"command": shlex.join(["python", "-m", "simulations.bench_data",
-                                  *(argv if argv is not None else sys.argv[1:])]),
+    doc = {"command": command_line("simulations.bench_data", argv),
            "finished": time.strftime("%Y-%m-%d %H:%M"), "clients": args.clients, "runs": runs}
     print(f"wrote {write_report(doc, Path(args.docs))}")
     return 0

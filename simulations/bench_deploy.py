@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
+from common.reports import add_report_arguments, command_line, markers, read_figures, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("deploy", "python -m simulations.bench_deploy")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(f"wrote {write_report(read_figures(Path(args.docs), 'deploy'), Path(args.docs))}")
         return 0
-    command = " ".join(["python -m simulations.bench_deploy", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("simulations.bench_deploy", argv)
     out = Path(args.out).resolve()
     files, pooled, test = write_data(out / "data", args.clients, args.rows, args.test_rows, seed=7)
     common = ["--rounds", str(args.rounds), "--freeze", args.freeze, "--seed", "7"]

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import add_report_arguments, markers, read_figures, replace_part, write_figures
+from common.reports import add_report_arguments, command_line, markers, read_figures, replace_part, write_figures
 from simulations.bench_startup import ROUND_LINE, stamped
 from simulations.benchmark import TreeMemory
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         write_report(read_figures(Path(args.docs), args.name), Path(args.docs))
         return 0
-    command = " ".join(["python -m simulations.bench_scale", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("simulations.bench_scale", argv)
     # A fixed number of steps per sampled client: the same training work per
     # round at every size (the step floor would give small clients more).
     flags = ["--num-hidden-layers", "1", "--max-length", "48", "--local-steps", "5", "--min-local-steps", "0"]

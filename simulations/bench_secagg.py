@@ -69,6 +69,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.reports import command_line
+
 NEIGHBOURS = 8  # fedtext's default k (common/config.py secagg-neighbours)
 WEIGHT = 100  # num_examples of every client (below both max weights)
 THRESHOLD_FRACTION = 0.6  # fedtext's default; given to Flower as reconstruction_threshold
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     report: dict[str, Any] = {
-        "command": " ".join(["python -m simulations.bench_secagg", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("simulations.bench_secagg", argv),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
                     "python": platform.python_version(), "numpy": np.__version__, "flwr": flwr.__version__,
                     "cryptography": cryptography.__version__},

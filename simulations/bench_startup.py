@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.reports import markers, replace_part, write_figures
+from common.reports import command_line, markers, replace_part, write_figures
 
 W = TypeVar("W", bound=AbstractContextManager[Any])
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_startup")
     p.add_argument("--docs", default="docs")
     args = p.parse_args(argv)
-    command = " ".join(["python -m simulations.bench_startup", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line("simulations.bench_startup", argv)
     common = ["--rounds", "2", "--max-examples", "240", "--max-test-examples", "100",
               "--max-length", "64", "--local-steps", "2", "--min-local-steps", "0"]
     flags = ["--clients", "3", *common]

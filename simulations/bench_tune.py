@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import markers, replace_part, write_figures
+from common.reports import command_line, markers, replace_part, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("tuning", "python -m simulations.bench_tune")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_tune", help="Study folders go here.")
     p.add_argument("--docs", default="docs", help="Folder of TUNING.md.")
     args = p.parse_args(argv)
-    command = "python -m simulations.bench_tune " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("simulations.bench_tune", argv)
     out = Path(args.out)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     results: dict[str, dict[str, Any]] = {}
