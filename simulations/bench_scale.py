@@ -66,6 +66,7 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
         "pss_at_round_mb": [round(x) for x in at_round],
         "peak_pss_by_round_mb": [round(x) for x in peak_by_round],
         "final_accuracy": rounds_[-1]["central"]["accuracy"] if rounds_ else None,
+        "peak_by_process_mb": [[label, round(pss / 2**20)] for label, pss in memory.peak_breakdown],
     }
 
 
@@ -97,10 +98,23 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"- {r['clients']:,} clients, rounds 2 to {len(now)}: tree PSS as the round ends "
                          f"{now[1]:,} -> {now[-1]:,} MB ({now[-1] - now[1]:+,} MB); peak so far "
                          f"{peak[1]:,} -> {peak[-1]:,} MB ({peak[-1] - peak[1]:+,} MB).")
+    for r in doc["runs"]:
+        if r.get("peak_by_process_mb"):
+            lines.append(f"- {r['clients']:,} clients, PSS per process at the tree's peak: " + ", ".join(
+                f"{label} {mb:,} MB" for label, mb in grouped(r["peak_by_process_mb"])) + ".")
     base = later(doc["runs"][0]["round_s"])
     lines += ["", "- Per-round time against the smallest federation: " + "; ".join(
         f"{r['clients']:,} clients {later(r['round_s']) / base:.2f} x" for r in doc["runs"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def grouped(processes: list[list[Any]]) -> list[tuple[str, int]]:
+    """Processes of the same name summed, largest first, with their count (``ray::ClientAppActor x2``)."""
+    total: dict[str, list[int]] = {}
+    for label, mb in processes:
+        total.setdefault(label, []).append(mb)
+    named = [(label if len(mbs) == 1 else f"{label} x{len(mbs)}", sum(mbs)) for label, mbs in total.items()]
+    return sorted(named, key=lambda item: -item[1])
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

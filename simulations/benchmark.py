@@ -186,6 +186,8 @@ class TreeMemory:
         # (seconds since start, tree PSS, PSS of the processes whose command line holds `watch`)
         self.watch = watch
         self.series: list[tuple[float, int, int]] = []
+        # PSS per process at the tree's peak sample, largest first: where the memory goes.
+        self.peak_breakdown: list[tuple[str, int]] = []
         self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -201,6 +203,7 @@ class TreeMemory:
     def _run(self) -> None:
         while not self._stop.is_set():
             rss = pss = watched = 0
+            each: list[tuple[str, int]] = []
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
@@ -209,15 +212,32 @@ class TreeMemory:
             for p in procs:
                 try:
                     info = p.memory_full_info()
-                    mine = bool(self.watch) and self.watch in " ".join(p.cmdline())
+                    command = p.cmdline()
                 except psutil.Error:
                     continue  # exited between listing and reading
+                mine = bool(self.watch) and self.watch in " ".join(command)
                 rss += info.rss
                 pss += getattr(info, "pss", info.rss)
                 watched += getattr(info, "pss", info.rss) if mine else 0
+                each.append((process_label(command, p.name()), getattr(info, "pss", info.rss)))
+            if pss > self.peak_pss:
+                self.peak_breakdown = sorted(each, key=lambda item: -item[1])
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self.series.append((round(time.perf_counter() - self._started, 1), pss, watched))
             self._stop.wait(self.interval)
+
+
+def process_label(command: list[str], name: str) -> str:
+    """A short name for a process of a run: Ray titles its actors (``ray::ClientAppActor``),
+    Python entry points are named by their script or ``-m`` module."""
+    if not command:
+        return name
+    if command[0].startswith("ray::"):
+        return command[0].split()[0]
+    if "-m" in command[:-1]:
+        return command[command.index("-m") + 1]
+    scripts = [Path(c).name for c in command[:2] if not Path(c).name.startswith("python")]
+    return scripts[0] if scripts else name
 
 
 def write_held_out_files(folder: Path, seed: int = 42) -> tuple[Path, Path]:
