@@ -5,12 +5,21 @@ SecAgg+ round (``common.secagg``; the stage table is in
 ``common/secagg/messages.py``):
 
 =======  ==================================================================
-stage 0  run the train handler, keep its update in ``context.state`` (never
-         sent), reply with fresh public keys (and the training metrics)
+stage 0  reply with fresh public keys
 stage 1  Shamir-share the mask secrets among the neighbours, encrypted per peer
-stage 2  reply with the **masked** update: encode(update, weight) + masks mod 2^32
+stage 2  run the train handler (the strategy's instruction rides along), then
+         reply with the **masked** update: encode(update, weight) + masks
+         mod 2^32, and the training diagnostics
 stage 3  reveal the shares the server needs to remove the masks of the sum
 =======  ==================================================================
+
+Training happens in stage 2, as in Flower's own ``secaggplus_mod``: the update
+is masked the moment it exists, so it is never kept between messages. (Kept
+from a stage-0 training, it rode in ``context.state`` through stages 1 and 2:
+an update-sized copy per sampled client in the simulation engine, shipped to
+and from the actor or ``flwr-clientapp`` process on every exchange.) A client
+whose training fails drops out at stage 2 and the survivors' shares unmask
+the sum without it.
 
 Without that record (``--no-secagg``) the instruction passes straight through.
 When the node config names an identity key and the trusted identities
@@ -49,8 +58,6 @@ from common.messages import (
 from common.messages import SECAGG_MASKED as MASKED
 
 STATE = "fedtext.secagg"  # context.state: protocol state between stages
-UPDATE = "fedtext.secagg.update"  # context.state: the update awaiting masking
-WEIGHT = "fedtext.secagg.weight"  # context.state: its example count
 
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -65,20 +72,19 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     params = secagg_params(FedTextConfig.from_mapping(context.run_config))
     if stage == 0:
         client = SecAggClient(context.node_id, params, **_identity(context))
-        return _train_and_advertise(msg, context, call_next, client, request)
+        reply = client.stage0(request)
+        _save(context, client)
+        return Message(RecordDict({SECAGG: ConfigRecord(reply)}), reply_to=msg)
     if STATE not in context.state.config_records:
         raise ValueError(f"secagg stage {stage}: no protocol state from stage 0 on this node")
     client = SecAggClient.from_state(dict(context.state.config_records[STATE]))
     if stage == 1:
-        reply = client.stage1(request)
-        content = RecordDict({SECAGG: ConfigRecord(reply)})
+        content = RecordDict({SECAGG: ConfigRecord(client.stage1(request))})
     elif stage == 2:
-        update, weight, floor = _take_update(context)
-        noise = _dp_noise(FedTextConfig.from_mapping(context.run_config), update.size, floor)
-        reply = client.stage2(request, update, weight, noise=noise)
-        masked = reply.pop("masked")
-        content = RecordDict({SECAGG: ConfigRecord(reply), MASKED: ArrayRecord({"masked": Array(masked)})})
-        note(context, "sent", bytes=int(masked.nbytes), masked=True)
+        trained = call_next(msg, context)
+        if trained.has_error():
+            return trained  # a dropout at stage 2: the survivors' shares unmask the sum without it
+        content = _train_and_mask(msg, context, trained, client, request)
     elif stage == 3:
         content = RecordDict({SECAGG: ConfigRecord(client.stage3(request))})
     else:
@@ -87,29 +93,28 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     return Message(content, reply_to=msg)
 
 
-def _train_and_advertise(
-    msg: Message, context: Context, call_next: ClientAppCallable, client, request: dict  # noqa: ANN001
-) -> Message:
-    trained = call_next(msg, context)
-    if trained.has_error():
-        return trained
+def _train_and_mask(msg: Message, context: Context, trained: Message, client, request: dict) -> RecordDict:  # noqa: ANN001
+    """The reply to stage 2: the trained update under the mask, diagnostics in the clear."""
     update = from_array_record(trained.content.array_records[ARRAYS])
     metrics = dict(trained.content.metric_records[METRICS])
+    placement = trained.content.config_records.get(PLACEMENT)
     # The update is flattened in the order of the instruction's arrays, which is
     # the order the server unflattens the aggregate in.
     order = list(msg.content.array_records[ARRAYS].keys())
     flat = np.concatenate([update[name].ravel() for name in order]).astype(np.float32)
-    context.state[UPDATE] = ArrayRecord({"update": Array(flat)})
+    del update, trained  # one update-sized array at a time
     floor = int(msg.content.config_records[CONFIG].get(DP_NOISE_FLOOR, 0)) if CONFIG in msg.content.config_records else 0
-    context.state[WEIGHT] = ConfigRecord({"weight": int(metrics.pop(NUM_EXAMPLES)), "floor": floor})
-    reply = client.stage0(request)
-    _save(context, client)
+    noise = _dp_noise(FedTextConfig.from_mapping(context.run_config), flat.size, floor)
     # The example count is aggregated under the mask with the update; only
     # training diagnostics travel in the clear.
-    content = RecordDict({SECAGG: ConfigRecord(reply), METRICS: MetricRecord(metrics)})
-    if PLACEMENT in trained.content.config_records:
-        content[PLACEMENT] = trained.content.config_records[PLACEMENT]
-    return Message(content, reply_to=msg)
+    reply = client.stage2(request, flat, int(metrics.pop(NUM_EXAMPLES)), noise=noise)
+    masked = reply.pop("masked")
+    note(context, "sent", bytes=int(masked.nbytes), masked=True)
+    content = RecordDict({SECAGG: ConfigRecord(reply), MASKED: ArrayRecord({"masked": Array(masked)}),
+                          METRICS: MetricRecord(metrics)})
+    if placement is not None:
+        content[PLACEMENT] = placement
+    return content
 
 
 def _identity(context: Context) -> dict:
@@ -123,18 +128,6 @@ def _identity(context: Context) -> dict:
         return {}  # unsigned advertisements: the server is trusted not to swap keys
     key, trusted = load_identity(Path(str(node.get(IDENTITY_KEY, ""))), Path(str(node.get(TRUSTED_IDENTITIES, ""))))
     return {"identity_key": key, "trusted_identities": trusted}
-
-
-def _take_update(context: Context) -> tuple[np.ndarray, int, int]:
-    """The update kept at stage 0 (and its weight and DP noise floor); removed once masked."""
-    if UPDATE not in context.state.array_records:
-        raise ValueError("secagg stage 2: no update from stage 0 on this node")
-    update = context.state.array_records[UPDATE]["update"].numpy()
-    kept = context.state.config_records[WEIGHT]
-    weight, floor = int(kept["weight"]), int(kept.get("floor", 0))
-    del context.state[UPDATE]
-    del context.state[WEIGHT]
-    return update, weight, floor
 
 
 def _dp_noise(cfg: FedTextConfig, size: int, floor: int) -> np.ndarray | None:

@@ -213,7 +213,7 @@ class FedTextConfig:
         scope="federation",
     )
     secagg_timeout: float = _opt(
-        300.0, "Seconds the server waits for each protocol stage after training.",
+        300.0, "Seconds the server waits for each protocol stage but stage 2 (training: round-timeout).",
         scope="federation",
     )
 

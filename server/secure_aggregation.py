@@ -5,12 +5,16 @@ round loop and the strategies are the same as in the clear. It drives the four
 SecAgg+ stages (``common.secagg``) over Flower's Message API:
 
 =======  ================================================================
-stage 0  the strategy's train instructions + the stage-0 request; clients
-         train, keep their update, and answer with public keys
+stage 0  the stage-0 request; clients answer with public keys
 stage 1  relay each client's neighbours' keys; collect encrypted shares
-stage 2  relay the shares; collect **masked** updates (uint32, 4 B/param)
+stage 2  relay the shares with the strategy's train instructions; clients
+         train and answer with their **masked** update (uint32, 4 B/param)
 stage 3  tell each client who survived; collect the shares that unmask the sum
 =======  ================================================================
+
+Training rides on stage 2, as in Flower's SecAgg+ workflow: a client masks
+its update as soon as it has one, so no update waits in a node's state
+between exchanges (client/secagg_mod.py says what that saved).
 
 ``SecAggServer.finish`` returns the example-weighted mean of the survivors'
 updates and their total weight, which is all the strategy ever sees. A client
@@ -69,25 +73,28 @@ class SecureAggregation:
         problems: list[str] = []
         laps = Laps()
         try:
-            # Stage 0 carries the train instruction: its wait covers training.
-            requests0 = server.stage0_requests(nodes)
-            replies = self._exchange(grid, instructions, requests0, timeout, traffic, problems, train=True)
-            laps.lap("stage 0 (train)")
+            answers = _answers(self._exchange(grid, instructions, server.stage0_requests(nodes),
+                                              self.params.stage_timeout_s, traffic, problems))
+            laps.lap("stage 0")
+            answers = _answers(self._exchange(grid, instructions, server.stage1_requests(answers),
+                                              self.params.stage_timeout_s, traffic, problems))
+            laps.lap("stage 1")
+            # Stage 2 carries the train instruction: its wait covers training.
+            replies = self._exchange(grid, instructions, server.stage2_requests(answers), timeout, traffic,
+                                     problems, train=True)
+            laps.lap("stage 2 (train)")
             train_metrics = [dict(r.content.metric_records[METRICS]) for r in replies.values()
                              if METRICS in r.content.metric_records]
             placed = ray_nodes([r.content for r in replies.values()])
-            answers = _answers(replies)
-            for stage, step in ((1, server.stage1_requests), (2, server.stage2_requests),
-                                (3, server.stage3_requests)):
-                requests = step(answers)
-                # Stage 3's requests hold the sum of the masked vectors: the
-                # vectors themselves (one update-sized array per client) go now,
-                # not after the next wait.
-                del answers, replies
-                replies = self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
-                                         traffic, problems)
-                answers = _answers(replies, with_masked=(stage == 2))
-                laps.lap(f"stage {stage}")
+            answers = _answers(replies, with_masked=True)
+            # Stage 3's requests hold the sum of the masked vectors: the vectors
+            # themselves (one update-sized array per client) go now, not after
+            # the next wait.
+            requests = server.stage3_requests(answers)
+            del answers, replies
+            answers = _answers(self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
+                                              traffic, problems))
+            laps.lap("stage 3")
             result = server.finish(answers)
             laps.lap("unmask")
         except SecAggError as exc:

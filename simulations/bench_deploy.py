@@ -184,14 +184,16 @@ def markdown(doc: dict[str, Any]) -> str:
     if phased:
         names = list(phased[0]["phases_s"])
         lines += ["", "Where a round goes (rounds 2+, mean seconds, the server's clock from sending an exchange "
-                  "to its last reply; stage 0 carries the training):", "",
+                  "to its last reply; the stage marked (train) carries the training):", "",
                   "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {s['run']} | " + " | ".join(f"{s['phases_s'].get(n, 0.0):.1f}" for n in names) + " |"
                   for s in phased]
-        crypto = {s["run"]: statistics.mean(s["phases_s"].get(f"stage {i}", 0.0) for i in (1, 2, 3)) for s in phased}
+        # The SecAgg+ exchanges that carry no training (stages 1-3 before training moved to stage 2; 0, 1 and 3 since).
+        crypto = {s["run"]: statistics.mean(v for n, v in s["phases_s"].items() if n.startswith("stage ")
+                                            and "(train)" not in n) for s in phased}
         deployed = [v for k, v in crypto.items() if k != "simulate"]
         if "simulate" in crypto and deployed:
-            lines += ["", f"- An exchange that carries no training (SecAgg+ stages 1-3) takes "
+            lines += ["", f"- An exchange that carries no training (the other three SecAgg+ stages) takes "
                       f"{statistics.mean(deployed):.1f} s deployed against {crypto['simulate']:.1f} s simulated. "
                       "Flower's SuperNode sleeps 3 s after a pull that finds no message (a constant in "
                       "flwr/supernode/start_client_internal.py) and 0.5 s between looks for the ClientApp's "

@@ -214,8 +214,8 @@ def plain_weighted_mean(updates: list[np.ndarray], weights: list[int]) -> np.nda
 def bench_fedtext(m: int, n: int, update: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
-    from client.secagg_mod import STATE, UPDATE, WEIGHT as WEIGHT_KEY, secagg_mod
-    from common.messages import SECAGG
+    from client.secagg_mod import STATE, secagg_mod
+    from common.messages import ARRAYS, SECAGG, train_reply
     from common.secagg import SecAggClient, quantization_error_bound, run_local_round
 
     params = fedtext_params(n)
@@ -249,15 +249,16 @@ def bench_fedtext(m: int, n: int, update: np.ndarray, args: argparse.Namespace) 
     ctx = Context(run_id=1, node_id=rep, node_config={}, state=RecordDict(),
                   run_config=fedtext_run_config(params))
     ctx.state[STATE] = ConfigRecord(state)
-    ctx.state[UPDATE] = ArrayRecord({"update": Array(update)})
-    ctx.state[WEIGHT_KEY] = ConfigRecord({"weight": WEIGHT})
     request2 = request_message(SECAGG, req2, rep)
-    reply = secagg_mod(request2, ctx, lambda *_: (_ for _ in ()).throw(AssertionError("no training at stage 2")))
+    request2.content[ARRAYS] = ArrayRecord({"update": Array(np.zeros_like(update))})  # the train instruction
+    # Stage 2 trains, then masks: the handler stands in for training with the fixed update.
+    reply = secagg_mod(request2, ctx, lambda msg, _: reply_message(train_reply({"update": update}, WEIGHT, 0.0, 1, 0.0),
+                                                                   msg))
     masked_bytes = wire_bytes(reply)
     row["stage2_reply_bytes"] = masked_bytes
     row["bytes_per_param"] = masked_bytes / m
     stage_bytes = {2: masked_bytes}
-    for stage in (0, 1, 3):  # as secagg_mod builds them (stage 0 also carries training metrics: left out)
+    for stage in (0, 1, 3):  # as secagg_mod builds them
         stage_bytes[stage] = config_reply_bytes(SECAGG, rnd["replies"][stage],
                                                 request_message(SECAGG, rnd["requests"][stage], rep))
     row["upload_bytes_by_stage"] = {str(s): stage_bytes[s] for s in sorted(stage_bytes)}

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
 from client.secagg_mod import secagg_mod
 from common.config import FedTextConfig, secagg_params
-from common.messages import ARRAYS, SECAGG, SECAGG_MASKED, train_reply
+from common.messages import ARRAYS, METRICS, NUM_EXAMPLES, SECAGG, SECAGG_MASKED, train_reply
 from common.secagg import SecAggError, SecAggServer, quantization_error_bound
 from tests.conftest import received_message
 
@@ -38,7 +38,7 @@ def _handler(msg: Message, context: Context) -> Message:
 
 def _message(node: int, request: dict[str, Any], stage: int) -> Message:
     content = RecordDict({SECAGG: ConfigRecord(dict(request))})
-    if stage == 0:
+    if stage == 2:  # the train instruction rides on stage 2
         content[ARRAYS] = ArrayRecord({"w": Array(np.zeros(6, dtype=np.float32))})
     return received_message(content, MessageType.TRAIN, dst_node_id=node)
 
@@ -101,10 +101,44 @@ def test_a_node_signing_outside_the_federation_is_refused(certs: Path, tmp_path:
         run_round(configs)
 
 
-def test_stage_0_keeps_the_update_on_the_node() -> None:
+def test_only_stage_2_trains_and_no_update_stays_on_the_node() -> None:
     context = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config=dict(CFG.to_mapping()))
-    request = SecAggServer(secagg_params(CFG)).stage0_requests(NODES)[11]
-    reply = secagg_mod(_message(11, request, 0), context, _handler)
-    assert not reply.content.array_records  # only public keys and metrics leave the node
-    kept = context.state.array_records["fedtext.secagg.update"]["update"].numpy()
-    assert np.array_equal(kept, _update(11))
+    server = SecAggServer(secagg_params(CFG))
+    requests = server.stage0_requests(NODES)
+    trained: list[int] = []
+
+    def handler(msg: Message, context: Context) -> Message:
+        trained.append(context.node_id)
+        return _handler(msg, context)
+
+    contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
+                           run_config=dict(CFG.to_mapping())) for n in NODES}
+    contexts[11] = context
+    for stage, step in enumerate([server.stage1_requests, server.stage2_requests]):
+        replies = {n: secagg_mod(_message(n, r, stage), contexts[n], handler) for n, r in requests.items()}
+        assert not trained  # keys and shares only: no training, no arrays either way
+        assert not any(m.content.array_records for m in replies.values())
+        requests = step({n: _answer(m) for n, m in replies.items()})
+    reply = secagg_mod(_message(11, requests[11], 2), context, handler)
+    assert trained == [11]
+    masked = reply.content.array_records[SECAGG_MASKED]["masked"].numpy()
+    assert masked.dtype == np.uint32 and masked.size == _update(11).size + 1  # the weight rides under the mask
+    clear = dict(reply.content.metric_records[METRICS])
+    assert clear["train-loss"] == 0.5 and NUM_EXAMPLES not in clear  # the example count only under the mask
+    assert not context.state.array_records  # masked as soon as it existed: nothing kept between stages
+
+
+def test_a_failed_training_is_a_dropout_at_stage_2() -> None:
+    contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
+                           run_config=dict(CFG.to_mapping())) for n in NODES}
+    server = SecAggServer(secagg_params(CFG))
+    requests = server.stage0_requests(NODES)
+    for stage, step in enumerate([server.stage1_requests, server.stage2_requests]):
+        replies = {n: secagg_mod(_message(n, r, stage), contexts[n], _handler) for n, r in requests.items()}
+        requests = step({n: _answer(m) for n, m in replies.items()})
+
+    def failing(msg: Message, context: Context) -> Message:
+        return Message(Error(code=0, reason="budget spent"), reply_to=msg)
+
+    reply = secagg_mod(_message(33, requests[33], 2), contexts[33], failing)
+    assert reply.has_error() and reply.error.reason == "budget spent"
