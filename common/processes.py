@@ -20,10 +20,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 APP_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -183,3 +185,19 @@ def is_alive(pid: int) -> bool:
     # Zombies count as dead: where PID 1 does not reap orphans they linger.
     stat = _proc_stat(pid)
     return stat is not None and stat[0] != "Z"
+
+
+def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a fresh Python interpreter: its result, or its exception raised here.
+
+    For a command's checks that import torch, transformers and datasets when
+    the command then only starts and follows Flower's processes for the rest
+    of the run: those imports' memory leaves with the child. ``function``
+    must be importable by name (a module-level function) and its arguments
+    and result picklable.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()

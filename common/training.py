@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.metrics import ClassificationMetrics, metrics_from_confusion
+from common.evaluate_metric import ClassificationMetrics
+from common.metrics import metrics_from_confusion
 from common.model import autocast, needs_grad_scaler
 from common.recipe import peak_lr, step_lr_factors
 

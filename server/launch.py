@@ -142,6 +142,26 @@ def authorized_keys(folder: Path | None) -> list[Path]:
 # --- the command --------------------------------------------------------------------
 
 
+def preflight(cfg: FedTextConfig) -> tuple[list[str], int, str, str]:
+    """The server's test set, the model against its freezing policy, and a checkpoint to resume.
+
+    Returns
+    -------
+    tuple[list[str], int, str, str]
+        Label names, test rows, where they come from, and the model's one-line description.
+    """
+    from common.model import check_model
+    from common.splits import server_test_set
+
+    test = server_test_set(cfg)
+    model = check_model(cfg, len(test.label_names))
+    if cfg.resume:
+        from server.checkpoint import load_for_resume
+
+        load_for_resume(cfg)  # a corrupt or mismatched checkpoint, too
+    return test.label_names, len(test), str(test.source), model
+
+
 def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
     """``fedtext server``; returns the exit code."""
     check_endpoint(args.host, args.port)
@@ -155,19 +175,12 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
         keys = authorized_keys(args.authorized_keys)
     check_port_free(args.host, args.port)
 
-    from common.splits import server_test_set
+    from common.processes import ignore_signals, in_fresh_process, stop_process_group
 
-    test = server_test_set(cfg)  # fails in a second with one line, before any process starts
-    labels = test.label_names
-    from common.model import check_model
-
-    model = check_model(cfg, len(labels))  # the model against its freezing policy, too
-    if cfg.resume:
-        from server.checkpoint import load_for_resume
-
-        load_for_resume(cfg)  # a corrupt or mismatched checkpoint, too
-
-    from common.processes import ignore_signals, stop_process_group
+    # Fails in a second with one line, before any process starts; in a child,
+    # so that this process, which then follows the run for its whole length,
+    # does not keep torch, transformers and datasets loaded.
+    labels, rows, source, model = in_fresh_process(preflight, cfg)
     from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 
     out = Path(cfg.out)
@@ -176,7 +189,7 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
         print("fedtext server: warning: --insecure: plain HTTP, any SuperNode may join and "
               "read the model; never use it outside a throw-away local test", file=sys.stderr)
     echo(f"fedtext server: {cfg.rounds} rounds, strategy {cfg.strategy}, "
-         f"labels {', '.join(labels)}; test set {len(test)} rows from {test.source}")
+         f"labels {', '.join(labels)}; test set {rows} rows from {source}")
     echo(f"model {cfg.model}: {model}")
     run_config = write_run_config(cfg, out / "run_config.toml")
     metrics = out / "metrics.json"

@@ -3,7 +3,10 @@
 1. check the data once, here, so a bad file fails in a second with one line
    instead of inside N Ray workers; with ``--resume``, check the checkpoint too;
    partition it once and save each client's share in the run folder
-   (``common.splits``), so that no client loads the whole file;
+   (``common.splits``), so that no client loads the whole file. These checks
+   import torch, transformers and datasets: they run in a child process
+   (:func:`preflight`), so that this process, which then only follows the
+   run, does not hold those imports' half a gigabyte for the whole run;
 2. write the run config (every key, absolute paths) into the run folder;
 3. start a private SuperLink in simulation mode (``server.superlink``) and
    submit the app with ``num-supernodes = clients``;
@@ -18,12 +21,8 @@ from typing import TYPE_CHECKING
 
 from common.config import FedTextConfig, absolute_paths, sampled_by_fraction
 from common.errors import ConfigError, FedTextError
-from common.model import check_model
-from common.partition import load_partitions
-from common.processes import stop_process_group
+from common.processes import in_fresh_process, stop_process_group
 from common.recipe import peak_lr
-from common.splits import server_test_set_and_pool, split_share, write_client_shares
-from server.checkpoint import load_for_resume
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 from simulations.ray_cluster import check_ray_address
 
@@ -51,11 +50,16 @@ def check_sampling(cfg: FedTextConfig) -> None:
 def check_resume(cfg: FedTextConfig) -> None:
     """Verify the checkpoint here, before any process starts (the ServerApp checks again)."""
     if cfg.resume:
+        from server.checkpoint import load_for_resume
+
         load_for_resume(cfg)
 
 
 def check_data(cfg: FedTextConfig) -> tuple[list[str], list[datasets.Dataset]]:
     """Load the server's test set and partition the rest once; return the labels and every client's share."""
+    from common.partition import load_partitions
+    from common.splits import server_test_set_and_pool
+
     test, pool = server_test_set_and_pool(cfg)
     shares = load_partitions(pool.dataset, cfg.partition, cfg.clients, cfg.seed)
     for pid, share in enumerate(shares):
@@ -67,6 +71,28 @@ def check_data(cfg: FedTextConfig) -> tuple[list[str], list[datasets.Dataset]]:
     return test.label_names, shares
 
 
+def preflight(cfg: FedTextConfig) -> tuple[list[str], str]:
+    """Every check that needs the model or the data; then each client's share, written to the run folder.
+
+    Returns
+    -------
+    tuple[list[str], str]
+        The label names and the model's one-line description (``common.model.check_model``).
+    """
+    from common.model import check_model
+    from common.splits import split_share, write_client_shares
+
+    check_resume(cfg)
+    # The model against its freezing policy first: it takes a tenth of a second
+    # (the DP checks need the clients' rows, below).
+    check_model(cfg.replace(dp="none"))
+    labels, shares = check_data(cfg)
+    rows = [len(split_share(cfg, share, pid)[0]) for pid, share in enumerate(shares)] if cfg.dp == "record" else []
+    model = check_model(cfg, len(labels), rows)
+    write_client_shares(cfg, shares, labels)  # each client then reads its own rows only
+    return labels, model
+
+
 def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:  # noqa: ANN001
     """Run the federation; return the process exit code.
 
@@ -76,16 +102,9 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
     ray_address = check_ray_address(ray_address)
     cfg = prepare_config(cfg)
     check_sampling(cfg)
-    check_resume(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    # The model against its freezing policy first: it takes a tenth of a second
-    # (the DP checks need the clients' rows, below).
-    check_model(cfg.replace(dp="none"))
-    labels, shares = check_data(cfg)
-    rows = [len(split_share(cfg, share, pid)[0]) for pid, share in enumerate(shares)] if cfg.dp == "record" else []
-    model = check_model(cfg, len(labels), rows)
-    write_client_shares(cfg, shares, labels)  # each client then reads its own rows only
+    labels, model = in_fresh_process(preflight, cfg)
     echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
          f"strategy {cfg.strategy}, labels {', '.join(labels)}")
     echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")

@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from common.metrics import ClassificationMetrics, confusion_matrix, metrics_from_confusion, summary
+from common.evaluate_metric import ClassificationMetrics
+from common.metrics import confusion_matrix, metrics_from_confusion, summary
 
 NAMES = ["a", "b", "c", "d"]
 
