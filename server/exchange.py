@@ -15,7 +15,7 @@ collected within a tenth of a second of their arrival, whatever the grid.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -43,14 +43,23 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None) -> 
         The replies, in the order they arrived; nodes that did not answer in
         time are missing, as with ``Grid.send_and_receive``.
     """
+    return list(replies_as_they_arrive(grid, messages, timeout))
+
+
+def replies_as_they_arrive(grid: Grid, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
+    """:func:`exchange`, yielding each reply as soon as it is pulled.
+
+    For replies too large to hold all at once (SecAgg+'s masked vectors, one
+    update each): the caller folds each into a running result and lets it go.
+    """
     waiting = set(grid.push_messages(messages))
     end = None if timeout is None else time.monotonic() + timeout
-    replies: list[Message] = []
     while waiting:
-        for reply in grid.pull_messages(waiting):
-            replies.append(reply)
-            waiting.discard(reply.metadata.reply_to_message_id)
+        batch = list(grid.pull_messages(waiting))
+        batch.reverse()
+        while batch:  # popped, so that a reply the caller let go is not still held here
+            waiting.discard(batch[-1].metadata.reply_to_message_id)
+            yield batch.pop()
         if not waiting or (end is not None and time.monotonic() >= end):
             break
         time.sleep(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))
-    return replies

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from common.messages import ARRAYS, METRICS, SECAGG, ray_nodes, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
 from server.aggregation import Laps, RoundUpdate, client_mean_metrics
-from server.exchange import exchange
+from server.exchange import replies_as_they_arrive
 
 log = logging.getLogger("fedtext.server")
 
@@ -68,32 +68,33 @@ class SecureAggregation:
             return RoundUpdate({}, 0, 0)
         nodes = [m.metadata.dst_node_id for m in instructions]
         self.params.validate(len(nodes))
-        server = SecAggServer(self.params, round_id=os.urandom(16))
+        # m quantized values + the weight: the server checks every masked vector's length.
+        length = sum(a.size for a in current.values()) + 1
+        server = SecAggServer(self.params, round_id=os.urandom(16), vector_length=length)
         traffic = _Traffic()
         problems: list[str] = []
         laps = Laps()
         try:
-            answers = _answers(self._exchange(grid, instructions, server.stage0_requests(nodes),
-                                              self.params.stage_timeout_s, traffic, problems))
+            answers = _answers(self._valid_replies(grid, instructions, server.stage0_requests(nodes),
+                                                   self.params.stage_timeout_s, traffic, problems))
             laps.lap("stage 0")
-            answers = _answers(self._exchange(grid, instructions, server.stage1_requests(answers),
-                                              self.params.stage_timeout_s, traffic, problems))
+            answers = _answers(self._valid_replies(grid, instructions, server.stage1_requests(answers),
+                                                   self.params.stage_timeout_s, traffic, problems))
             laps.lap("stage 1")
             # Stage 2 carries the train instruction: its wait covers training.
-            replies = self._exchange(grid, instructions, server.stage2_requests(answers), timeout, traffic,
-                                     problems, train=True)
+            # Each masked vector joins the running sum as it arrives, so the
+            # server holds one update-sized vector, not one per client.
+            train_metrics, kept = [], []
+            for node, reply in self._valid_replies(grid, instructions, server.stage2_requests(answers), timeout,
+                                                   traffic, problems, train=True):
+                server.add_masked(node, _answer(reply, with_masked=True))
+                if METRICS in reply.content.metric_records:
+                    train_metrics.append(dict(reply.content.metric_records[METRICS]))
+                kept.append(reply.content)  # without its masked vector: the placement record
             laps.lap("stage 2 (train)")
-            train_metrics = [dict(r.content.metric_records[METRICS]) for r in replies.values()
-                             if METRICS in r.content.metric_records]
-            placed = ray_nodes([r.content for r in replies.values()])
-            answers = _answers(replies, with_masked=True)
-            # Stage 3's requests hold the sum of the masked vectors: the vectors
-            # themselves (one update-sized array per client) go now, not after
-            # the next wait.
-            requests = server.stage3_requests(answers)
-            del answers, replies
-            answers = _answers(self._exchange(grid, instructions, requests, self.params.stage_timeout_s,
-                                              traffic, problems))
+            placed = ray_nodes(kept)
+            answers = _answers(self._valid_replies(grid, instructions, server.stage3_requests(),
+                                                   self.params.stage_timeout_s, traffic, problems))
             laps.lap("stage 3")
             result = server.finish(answers)
             laps.lap("unmask")
@@ -118,7 +119,7 @@ class SecureAggregation:
             ray_nodes=placed,
         )
 
-    def _exchange(
+    def _valid_replies(
         self,
         grid: Grid,
         instructions: list[Message],
@@ -127,8 +128,8 @@ class SecureAggregation:
         traffic: _Traffic,
         problems: list[str],
         train: bool = False,
-    ) -> dict[int, Message]:
-        """Send one stage's requests; return the valid replies by node."""
+    ) -> Iterator[tuple[int, Message]]:
+        """Send one stage's requests; yield each valid reply, with its node, as it arrives."""
         by_node = {m.metadata.dst_node_id: m for m in instructions}
         messages = []
         for node, request in requests.items():
@@ -139,19 +140,17 @@ class SecureAggregation:
                 traffic.down += record_bytes(by_node[node].content.array_records[ARRAYS])
             traffic.down += _config_bytes(request)
             messages.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
-        replies: dict[int, Message] = {}
-        for reply in exchange(grid, messages, timeout):
+        for reply in replies_as_they_arrive(grid, messages, timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 problems.append(f"node {node}: {reply.error.reason}")
             elif SECAGG not in reply.content.config_records:
                 problems.append(f"node {node}: reply without a '{SECAGG}' record")
             else:
-                replies[node] = reply
                 traffic.up += _config_bytes(reply.content.config_records[SECAGG])
                 if MASKED in reply.content.array_records:
                     traffic.up += record_bytes(reply.content.array_records[MASKED])
-        return replies
+                yield node, reply
 
 
 class _Traffic:
@@ -162,15 +161,17 @@ class _Traffic:
         self.down = 0
 
 
-def _answers(replies: Mapping[int, Message], with_masked: bool = False) -> dict[int, dict[str, Any]]:
-    answers = {}
-    for node, reply in replies.items():
-        answer = dict(reply.content.config_records[SECAGG])
-        if with_masked and MASKED in reply.content.array_records:
-            answer["masked"] = reply.content.array_records[MASKED]["masked"].numpy()
-            del reply.content[MASKED]  # its bytes are decoded: one copy per client at a time, not two
-        answers[node] = answer
-    return answers
+def _answers(replies: Iterable[tuple[int, Message]]) -> dict[int, dict[str, Any]]:
+    return {node: _answer(reply) for node, reply in replies}
+
+
+def _answer(reply: Message, with_masked: bool = False) -> dict[str, Any]:
+    """A reply's SecAgg+ record as the protocol reads it; with its masked vector, taken out of the reply."""
+    answer = dict(reply.content.config_records[SECAGG])
+    if with_masked and MASKED in reply.content.array_records:
+        answer["masked"] = reply.content.array_records[MASKED]["masked"].numpy()
+        del reply.content[MASKED]  # its bytes are decoded: one copy at a time, not two
+    return answer
 
 
 def _config_bytes(values: Mapping[str, Any]) -> int:

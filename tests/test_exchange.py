@@ -66,3 +66,14 @@ def test_a_silent_node_is_left_out_at_the_timeout(monkeypatch: pytest.MonkeyPatc
     replies = exchange(grid, _instructions(), timeout=0.05)
     assert sorted(r.metadata.src_node_id for r in replies) == [1, 3]
     assert grid.pulls > 3  # it kept pulling until the timeout
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_each_reply_is_handed_over_before_the_next_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SecAgg+'s stage 2 folds each masked vector into the sum as it comes, holding one, not one per client."""
+    from server.exchange import replies_as_they_arrive
+
+    monkeypatch.setattr(exchange_module, "POLL_S", 0.001)
+    grid = SlowGrid()
+    seen = [(reply.metadata.src_node_id, grid.pulls) for reply in replies_as_they_arrive(grid, _instructions(), None)]
+    assert seen == [(1, 1), (2, 2), (3, 3)]

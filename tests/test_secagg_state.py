@@ -100,3 +100,47 @@ def test_no_flower_import_in_the_library() -> None:
     root = pathlib.Path(__file__).resolve().parents[1] / "common" / "secagg"
     for path in root.glob("*.py"):
         assert "flwr" not in path.read_text(), path
+
+
+def _through_stage_2():  # noqa: ANN202
+    """A 5-node round up to its stage-2 replies (the last node's vector one element short)."""
+    params = SecAggParams(num_neighbours=4, threshold=0.6, clip=1.0, bits=16, max_weight=99)
+    ids = [11, 22, 33, 44, 55]
+    server = SecAggServer(params)
+    clients = {i: SecAggClient(i, params) for i in ids}
+    requests = server.stage0_requests(ids)
+    requests = server.stage1_requests({i: clients[i].stage0(r) for i, r in requests.items()})
+    requests = server.stage2_requests({i: clients[i].stage1(r) for i, r in requests.items()})
+    update = np.linspace(-0.5, 0.5, 6, dtype=np.float32)
+    replies = {i: clients[i].stage2(r, update, 3) for i, r in requests.items()}
+    replies[55] = {**replies[55], "masked": replies[55]["masked"][:-1]}
+    return server, clients, replies, update
+
+
+def test_masked_vectors_added_one_at_a_time_unmask_like_the_batch() -> None:
+    batch, clients, replies, update = _through_stage_2()
+    streamed, clients_s = copy.deepcopy(batch), copy.deepcopy(clients)
+    requests = batch.stage3_requests(replies)
+    expected = batch.finish({i: clients[i].stage3(r) for i, r in requests.items()})
+
+    streamed.vector_length = 7  # the server knows the model: 6 values + the weight
+    streamed.add_masked(99, replies[11])  # a node that was not asked: ignored
+    for node in (33, 11, 55, 22, 44):
+        streamed.add_masked(node, replies[node])
+    streamed.add_masked(11, replies[11])  # a second reply from the same node: ignored
+    requests = streamed.stage3_requests()
+    result = streamed.finish({i: clients_s[i].stage3(r) for i, r in requests.items()})
+    assert result.survivors == expected.survivors == [11, 22, 33, 44]
+    assert batch.dropped == streamed.dropped == {55: 2}
+    assert streamed.rejected[55] == batch.rejected[55] == "masked vector length differs from 7"
+    assert np.array_equal(result.mean_update, expected.mean_update) and result.total_weight == 12
+    assert np.abs(result.mean_update - update).max() < 0.01
+
+
+def test_add_masked_needs_the_length_and_stage_2() -> None:
+    server, _, replies, _ = _through_stage_2()
+    with pytest.raises(ValueError, match="vector_length"):
+        server.add_masked(11, replies[11])
+    server.stage3_requests(replies)
+    with pytest.raises(SecAggError, match="cannot take masked inputs"):
+        server.add_masked(11, replies[11])

@@ -11,6 +11,12 @@ means the node dropped) and returns the next requests keyed by node id::
     requests = server.stage3_requests(replies2)
     mean, total_weight, survivors = server.finish(replies3)
 
+Stage 2's replies are the only large ones (one update-sized vector per
+client). A server that knows the vector length can take them one at a time
+as they arrive, with :meth:`SecAggServer.add_masked`, and call
+``stage3_requests()`` without replies: it then holds one vector, the running
+sum, instead of one per client.
+
 Dropouts in stages 0 and 1 are excluded cleanly (the graph is built over the
 nodes that advertised keys; nodes whose shares never got delivered are not
 masked with). Dropouts in stages 2 and 3 are recovered through the Shamir
@@ -99,6 +105,7 @@ class SecAggServer:
         self._ciphertexts: dict[tuple[int, int], bytes] = {}
         self._requests3: dict[int, dict[str, Any]] = {}
         self._masked_sum: np.ndarray | None = None
+        self._summed: list[int] = []  # stage-2 nodes whose masked vector is in the running sum
 
     # ----------------------------------------------------------- accessors
     @property
@@ -211,26 +218,53 @@ class SecAggServer:
         return alive
 
     # ------------------------------------------------------------ stage 3
-    def stage3_requests(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, msg.Message]:
-        """Sum the masked vectors and ask survivors for the shares needed to unmask."""
+    def add_masked(self, node: int, reply: Mapping[str, Any]) -> None:
+        """Add one stage-2 reply's masked vector to the running sum, as it arrives.
+
+        Needs ``vector_length``. A reply from a node that was not asked, or a
+        second one from the same node, is ignored; a malformed one counts as
+        the node dropping at stage 2. Call :meth:`stage3_requests` once the
+        replies are in.
+        """
+        if self._next_stage != 3:
+            raise SecAggError(f"server is at stage {self._next_stage}, cannot take masked inputs")
+        if self.vector_length is None:
+            raise ValueError("add_masked needs the server's vector_length")
+        if node not in self._u2 or node in self._summed or node in self.dropped:
+            return
+        try:
+            msg.check_message(reply, 2, is_request=False)
+            self._check_masked_shape(node, reply)
+            if reply[msg.MASKED].size != self.vector_length:
+                raise SecAggError(f"masked vector length differs from {self.vector_length}")
+        except SecAggError as exc:
+            self._mark_dropped(node, 2, str(exc))
+            return
+        if self._masked_sum is None:
+            self._masked_sum = np.zeros(self.vector_length, dtype=np.uint32)
+        np.add(self._masked_sum, reply[msg.MASKED], out=self._masked_sum)  # wraps mod 2**32
+        self._summed.append(node)
+
+    def stage3_requests(self, replies: Mapping[int, Mapping[str, Any]] | None = None) -> dict[int, msg.Message]:
+        """Sum the masked vectors and ask survivors for the shares needed to unmask.
+
+        ``replies``: the stage-2 replies not already given to :meth:`add_masked`.
+        """
+        if replies:
+            if self.vector_length is None:
+                self.vector_length = self._agree_on_length(replies)
+            for node in sorted(replies):
+                self.add_masked(node, replies[node])
         self._enter(3)
-        masked = self._accept(replies, 2, self._u2, self._check_masked_shape)
-        length = self._agree_on_length(masked)
-        for node in sorted(masked):
-            if masked[node][msg.MASKED].size != length:
-                del masked[node]
-                self._mark_dropped(node, 2, f"masked vector length differs from {length}")
-        u3 = set(masked)
+        for node in self._u2:
+            if node not in self._summed and node not in self.dropped:
+                self._mark_dropped(node, 2, None)
+        u3 = set(self._summed)
         t = self._threshold
         if len(u3) < t:
             raise _not_enough(len(u3), t, 2, "clients that sent masked inputs")
         self._check_recoverable(u3, set(self._u2) - u3, stage=2, responders=u3)
         self._u3 = sorted(u3)
-
-        total = np.zeros(length, dtype=np.uint32)
-        for node in self._u3:
-            np.add(total, masked[node][msg.MASKED], out=total)  # wraps mod 2**32
-        self._masked_sum = total
 
         gone = set(self._u2) - u3
         self._requests3 = {}
@@ -248,14 +282,21 @@ class SecAggServer:
         if reply[msg.MASKED].size < 1:
             raise SecAggError("masked vector is empty")
 
-    def _agree_on_length(self, masked: Mapping[int, Mapping[str, Any]]) -> int:
-        if self.vector_length is not None:
-            return self.vector_length
-        counts = Counter(r[msg.MASKED].size for r in masked.values())
-        if not counts:
-            return 0
-        # Most common length; ties go to the smaller length, deterministically.
-        return min(counts, key=lambda size: (-counts[size], size))
+    def _agree_on_length(self, replies: Mapping[int, Mapping[str, Any]]) -> int:
+        """The most common length among the well-formed masked vectors (ties: the smaller)."""
+        sizes = []
+        for node in self._u2:
+            reply = replies.get(node)
+            if reply is None:
+                continue
+            try:
+                msg.check_message(reply, 2, is_request=False)
+                self._check_masked_shape(node, reply)
+            except SecAggError:
+                continue  # add_masked rejects it, with the reason
+            sizes.append(reply[msg.MASKED].size)
+        counts = Counter(sizes)
+        return min(counts, key=lambda size: (-counts[size], size)) if counts else 0
 
     def _check_recoverable(self, survivors: set[int], gone: set[int], *, stage: int, responders: set[int]) -> None:
         """Every mask still in the sum must be removable from >= t responders' shares.
