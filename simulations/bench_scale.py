@@ -13,7 +13,13 @@ the time to check and partition the data and write every client's share,
 start-up, per-round seconds, the server's SecAgg+ unmasking per round,
 peak PSS of the whole process tree and of the ServerApp's process
 (``flwr-simulation``, which also drives Ray), and the tree's PSS after each
-round (flat or growing). Figures go to ``docs/benchmarks/scale.json``, a
+round (flat or growing), and where a round goes (its phases).
+
+Baseline: ``fedtext centralized`` on the same rows and flags doing one
+round's training work each round (10 clients x 5 steps = 50 steps on the
+union of the clients' rows, then the same server test set), timed from its
+progress lines, so that a federated round's cost over centralized training
+is stated. Figures go to ``docs/benchmarks/scale.json``, a
 plot to ``docs/benchmarks/scale.png`` and a table between the markers of
 docs/BENCHMARKS.md.
 """
@@ -34,6 +40,7 @@ from simulations.benchmark import TreeMemory
 
 REPO = Path(__file__).resolve().parents[1]
 PER_ROUND = 10
+STEPS = 5  # local steps of each sampled client
 
 
 def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any]:
@@ -67,7 +74,28 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
         "peak_pss_by_round_mb": [round(x) for x in peak_by_round],
         "final_accuracy": rounds_[-1]["central"]["accuracy"] if rounds_ else None,
         "peak_by_process_mb": [[label, round(pss / 2**20)] for label, pss in memory.peak_breakdown],
+        "phases_s": mean_phases(rounds_[1:] or rounds_),
     }
+
+
+def mean_phases(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per phase of a round (SecAgg+ stages, unmasking, evaluation), in the round's order."""
+    names = list(dict.fromkeys(n for r in rounds for n in r.get("phases_s", {})))
+    return {n: round(statistics.mean(r.get("phases_s", {}).get(n, 0.0) for r in rounds), 2) for n in names}
+
+
+def centralized_round(out: Path, clients: int, rounds: int, flags: list[str], steps: int) -> dict[str, Any]:
+    """``fedtext centralized`` doing one federated round's training (``steps``) per round: seconds per round."""
+    cmd = [sys.executable, "-m", "simulations.cli", "centralized", "--out", str(out), "--clients", str(clients),
+           "--rounds", str(rounds), *flags, "--local-steps", str(steps)]
+    code, lines, _ = stamped(cmd)
+    (out.parent / f"{out.name}.log").write_text("\n".join(f"{t:7.1f} {line}" for t, line in lines) + "\n")
+    at = [t for t, line in lines if ROUND_LINE.match(line)]  # rounds 1..R (round 0 is printed as well)
+    spans = [b - a for a, b in zip(at, at[1:])]
+    doc = json.loads((out / "metrics.json").read_text()) if code == 0 else {"rounds": []}
+    return {"exit_code": code, "steps_per_round": steps, "round_s": [round(x, 2) for x in spans],
+            "train_s": [round(r["seconds"], 2) for r in doc["rounds"] if r["round"] >= 1],
+            "final_accuracy": doc["rounds"][-1]["central"]["accuracy"] if doc["rounds"] else None}
 
 
 def later(values: list[float]) -> float:
@@ -102,6 +130,20 @@ def markdown(doc: dict[str, Any]) -> str:
         if r.get("peak_by_process_mb"):
             lines.append(f"- {r['clients']:,} clients, PSS per process at the tree's peak: " + ", ".join(
                 f"{label} {mb:,} MB" for label, mb in grouped(r["peak_by_process_mb"])) + ".")
+    for r in doc["runs"]:
+        if r.get("phases_s"):
+            lines.append(f"- {r['clients']:,} clients, where a round goes (rounds 2+, mean s): " + ", ".join(
+                f"{name} {sec:.1f}" for name, sec in r["phases_s"].items()) + ".")
+    central = doc.get("centralized")
+    if central and central["round_s"]:
+        per_round = later(central["round_s"])
+        lines += ["", f"- **Against centralized training of the same work**: `fedtext centralized` on the same "
+                  f"rows and flags, {central['steps_per_round']} steps a round (what the {PER_ROUND} sampled "
+                  f"clients take together), then the same test set and all clients' held-out rows: "
+                  f"{per_round:.1f} s a round (rounds 2+, training alone {later(central['train_s']):.1f} s). "
+                  "A federated round takes " + "; ".join(
+                      f"{later(r['round_s']) / per_round:.2f} x that at {r['clients']:,} clients"
+                      for r in doc["runs"]) + "."]
     base = later(doc["runs"][0]["round_s"])
     lines += ["", "- Per-round time against the smallest federation: " + "; ".join(
         f"{r['clients']:,} clients {later(r['round_s']) / base:.2f} x" for r in doc["runs"]) + "."]
@@ -155,13 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("simulations.bench_scale", argv)
     # A fixed number of steps per sampled client: the same training work per
     # round at every size (the step floor would give small clients more).
-    flags = ["--num-hidden-layers", "1", "--max-length", "48", "--local-steps", "5", "--min-local-steps", "0"]
+    common = ["--num-hidden-layers", "1", "--max-length", "48", "--min-local-steps", "0"]
+    flags = [*common, "--local-steps", str(STEPS)]
     runs = []
     for clients in (int(c) for c in args.clients.split(",")):
         runs.append(run(Path(args.out).resolve() / f"clients-{clients}", clients, args.rounds, flags))
         print(json.dumps(runs[-1]), flush=True)
+    sizes = [r["clients"] for r in runs]
+    central = centralized_round(Path(args.out).resolve() / "centralized", sizes[len(sizes) // 2], args.rounds,
+                                common, PER_ROUND * STEPS)
+    print(json.dumps(central), flush=True)
     doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "flags": flags, "runs": runs,
-           "name": args.name}
+           "name": args.name, "centralized": central}
     write_figures(Path(args.docs), args.name, doc)
     write_report(doc, Path(args.docs))
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
