@@ -81,10 +81,10 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     if stage == 1:
         content = RecordDict({SECAGG: ConfigRecord(client.stage1(request))})
     elif stage == 2:
-        trained = call_next(msg, context)
-        if trained.has_error():
-            return trained  # a dropout at stage 2: the survivors' shares unmask the sum without it
-        content = _train_and_mask(msg, context, trained, client, request)
+        masked = _train_and_mask(msg, context, call_next, client, request)
+        if not masked.has_error():  # else a dropout at stage 2: the survivors' shares unmask the sum without it
+            _save(context, client)
+        return masked
     elif stage == 3:
         content = RecordDict({SECAGG: ConfigRecord(client.stage3(request))})
     else:
@@ -93,16 +93,25 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     return Message(content, reply_to=msg)
 
 
-def _train_and_mask(msg: Message, context: Context, trained: Message, client, request: dict) -> RecordDict:  # noqa: ANN001
-    """The reply to stage 2: the trained update under the mask, diagnostics in the clear."""
+def _train_and_mask(
+    msg: Message, context: Context, call_next: ClientAppCallable, client, request: dict  # noqa: ANN001
+) -> Message:
+    """Train, then reply to stage 2: the update under the mask, diagnostics in the clear (or the training's error).
+
+    Once flattened, the handler's reply is let go, so that masking does not
+    run beside a second update-sized copy.
+    """
+    trained = call_next(msg, context)
+    if trained.has_error():
+        return trained
     update = from_array_record(trained.content.array_records[ARRAYS])
     metrics = dict(trained.content.metric_records[METRICS])
     placement = trained.content.config_records.get(PLACEMENT)
     # The update is flattened in the order of the instruction's arrays, which is
     # the order the server unflattens the aggregate in.
     order = list(msg.content.array_records[ARRAYS].keys())
-    flat = np.concatenate([update[name].ravel() for name in order]).astype(np.float32)
-    del update, trained  # one update-sized array at a time
+    flat = np.concatenate([update[name].ravel() for name in order]).astype(np.float32, copy=False)
+    del update, trained
     floor = int(msg.content.config_records[CONFIG].get(DP_NOISE_FLOOR, 0)) if CONFIG in msg.content.config_records else 0
     noise = _dp_noise(FedTextConfig.from_mapping(context.run_config), flat.size, floor)
     # The example count is aggregated under the mask with the update; only
@@ -114,7 +123,7 @@ def _train_and_mask(msg: Message, context: Context, trained: Message, client, re
                           METRICS: MetricRecord(metrics)})
     if placement is not None:
         content[PLACEMENT] = placement
-    return content
+    return Message(content, reply_to=msg)
 
 
 def _identity(context: Context) -> dict:
