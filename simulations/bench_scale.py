@@ -120,6 +120,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {later(r['round_s']):.1f} | {statistics.mean(unmask) if unmask else float('nan'):.3f} "
             f"| {r['peak_pss_mb']:,} | {r['peak_server_pss_mb']:,} "
             f"| {', '.join(str(x) for x in r['pss_at_round_mb'])} | {r['final_accuracy']:.4f} |")
+    lines.append("")
     for r in doc["runs"]:
         now, peak = r["pss_at_round_mb"], r["peak_pss_by_round_mb"]
         if len(now) >= 4:
