@@ -194,10 +194,41 @@ def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     the command then only starts and follows Flower's processes for the rest
     of the run: those imports' memory leaves with the child. ``function``
     must be importable by name (a module-level function) and its arguments
-    and result picklable.
+    and result picklable. The child is ``python -m common.processes``, not a
+    multiprocessing spawn, so that it never re-runs the caller's main script.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import pickle
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+    path = os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-m", "common.processes"], input=pickle.dumps((function, args)),
+                          stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+    try:
+        succeeded, value = pickle.loads(done.stdout)
+    except Exception:  # noqa: BLE001 - the child died before answering: say so, whatever the bytes were
+        raise RuntimeError(f"{function.__qualname__} in a fresh process: exit code {done.returncode}, "
+                           "no result") from None
+    if not succeeded:
+        raise value
+    return value
+
+
+def _call_from_stdin() -> None:
+    """The child's half of :func:`in_fresh_process`: read the call, write ``(succeeded, result or exception)``."""
+    import pickle
+
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr  # what the call prints reaches the terminal, not the pickled answer
+    function, args = pickle.loads(sys.stdin.buffer.read())
+    try:
+        outcome = pickle.dumps((True, function(*args)))
+    except Exception as exc:  # noqa: BLE001 - raised again in the parent
+        try:
+            outcome = pickle.dumps((False, exc))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle still gets its one line across
+            outcome = pickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    answer.write(outcome)
+    answer.flush()
+
+
+if __name__ == "__main__":
+    _call_from_stdin()

@@ -10,6 +10,7 @@ a second here) work at this size. About a minute on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,22 @@ def test_the_command_following_a_run_holds_no_torch(tmp_path: Path) -> None:
     assert labels == ["fresh", "rotten"] and architecture.endswith("ForSequenceClassification")
     assert heavy == []
     assert len(list((out / "shares").glob("[0-9]*"))) == 3  # the child wrote every client's share
+
+
+def test_a_script_without_a_main_guard_can_run_the_checks_in_a_child(tmp_path: Path) -> None:
+    """The child is ``python -m common.processes``: unlike a multiprocessing spawn, it never re-runs the caller."""
+    script = tmp_path / "user_script.py"
+    script.write_text("from common.config import FedTextConfig\n"
+                      "from common.processes import in_fresh_process\n"
+                      "from simulations.simulate import preflight, prepare_config\n"
+                      f"cfg = prepare_config(FedTextConfig(clients=3, num_hidden_layers=1, max_examples=60, "
+                      f"max_test_examples=20, out={str(tmp_path / 'run')!r}))\n"
+                      "print('labels', in_fresh_process(preflight, cfg)[0])\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ,
+                                             "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["labels ['fresh', 'rotten']"]
 
 
 def test_a_failed_check_in_the_child_is_the_same_one_line_error(tmp_path: Path) -> None:
