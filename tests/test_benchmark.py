@@ -164,7 +164,7 @@ def test_the_deployment_and_start_up_reports_render_from_their_committed_figures
     docs = Path(__file__).resolve().parents[1] / "docs"
     deploy = json.loads((docs / "benchmarks" / "deploy.json").read_text())
     text = bench_deploy.markdown(deploy)
-    assert "| deploy --threads 1 |" in text and "| stage 0 (train) |" in text and "The previous report (" in text
+    assert "| deploy --threads 1 |" in text and "(train) |" in text and "The previous report (" in text
     startup = bench_startup.markdown(json.loads((docs / "benchmarks" / "startup.json").read_text()))
     assert "**round 1 starting (start-up)**" in startup and "Start-up + shut-down:" in startup
     (tmp_path / "benchmarks").mkdir()
