@@ -188,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
 
     offline_environment()
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    malformed = [a for a in args if a not in ("--report", "--overhead", "--jobs") and "=" not in a]
+    if args[0] not in ("--report", "--jobs") and malformed:
+        print(f"python -m simulations.bench_privacy: error: argument {malformed[0]!r}: expected KEY=VALUE "
+              "(a config key), or --report / --overhead / --jobs; see --help", file=sys.stderr)
+        return 2
     if args[:1] == ["--report"]:
         print(report(args[1], args[2] if len(args) > 2 else None))
         return 0

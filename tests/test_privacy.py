@@ -441,6 +441,18 @@ def test_the_privacy_report_compares_each_private_run_with_its_non_private_one(
     assert json.loads((tmp_path / "benchmarks" / "privacy.json").read_text())["runs"][1]["final_acc"] == 0.78
 
 
+def test_the_privacy_benchmark_answers_help_and_a_malformed_argument_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from simulations.bench_privacy import main
+
+    assert main(["--help"]) == 0 and "--overhead" in capsys.readouterr().out
+    assert main(["dp=record", "epsilon8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m simulations.bench_privacy: error: argument 'epsilon8': expected KEY=VALUE "
+                   "(a config key), or --report / --overhead / --jobs; see --help"]
+
+
 def test_the_default_tuning_space_adds_the_dp_knob() -> None:
     from simulations.tuning.space import default_space
 
