@@ -233,8 +233,7 @@ class SecAggServer:
         if node not in self._u2 or node in self._summed or node in self.dropped:
             return
         try:
-            msg.check_message(reply, 2, is_request=False)
-            self._check_masked_shape(node, reply)
+            self._check_masked_reply(node, reply)
             if reply[msg.MASKED].size != self.vector_length:
                 raise SecAggError(f"masked vector length differs from {self.vector_length}")
         except SecAggError as exc:
@@ -278,7 +277,9 @@ class SecAggServer:
         return {n: dict(r) for n, r in self._requests3.items()}
 
     @staticmethod
-    def _check_masked_shape(node: int, reply: Mapping[str, Any]) -> None:
+    def _check_masked_reply(node: int, reply: Mapping[str, Any]) -> None:
+        """A well-formed stage-2 reply with a non-empty masked vector (its length is checked by the caller)."""
+        msg.check_message(reply, 2, is_request=False)
         if reply[msg.MASKED].size < 1:
             raise SecAggError("masked vector is empty")
 
@@ -290,8 +291,7 @@ class SecAggServer:
             if reply is None:
                 continue
             try:
-                msg.check_message(reply, 2, is_request=False)
-                self._check_masked_shape(node, reply)
+                self._check_masked_reply(node, reply)
             except SecAggError:
                 continue  # add_masked rejects it, with the reason
             sizes.append(reply[msg.MASKED].size)
