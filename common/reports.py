@@ -63,3 +63,11 @@ def read_jobs(path: str | Path) -> list[list[str]]:
     """A benchmark's jobs file: one job's ``KEY=VALUE`` arguments per line; ``#`` starts a comment line."""
     lines = Path(path).read_text().splitlines()
     return [line.split() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def mean_phases(phases: list[dict[str, float]], digits: int) -> dict[str, float]:
+    """Mean seconds per phase over rounds (each round's ``phases_s``), in the rounds' order of phases."""
+    import statistics
+
+    names = list(dict.fromkeys(n for p in phases for n in p))
+    return {n: round(statistics.mean(p.get(n, 0.0) for p in phases), digits) for n in names}

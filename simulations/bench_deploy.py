@@ -36,7 +36,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import add_report_arguments, command_line, markers, read_figures, replace_part, write_figures
+from common.reports import (
+    add_report_arguments,
+    command_line,
+    markers,
+    mean_phases,
+    read_figures,
+    replace_part,
+    write_figures,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = markers("deploy", "python -m simulations.bench_deploy")
@@ -151,7 +159,7 @@ def summarise(name: str, r: dict[str, Any], sim: dict[str, Any]) -> dict[str, An
            "vs_simulation": round(statistics.mean(later) / statistics.mean(sim_later), 2)}
     later_phases = r.get("phases_s", [])[1:] or r.get("phases_s", [])
     if later_phases and all(later_phases):
-        out["phases_s"] = {k: round(statistics.mean(p.get(k, 0.0) for p in later_phases), 1) for k in later_phases[0]}
+        out["phases_s"] = mean_phases(later_phases, 1)
     if r.get("client_train_s"):
         longest = [max(v) for k, v in r["client_train_s"].items() if int(k) >= 2] or \
                   [max(v) for v in r["client_train_s"].values()]

@@ -34,7 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.reports import add_report_arguments, command_line, markers, read_figures, replace_part, write_figures
+from common.reports import (
+    add_report_arguments,
+    command_line,
+    markers,
+    mean_phases,
+    read_figures,
+    replace_part,
+    write_figures,
+)
 from simulations.bench_startup import ROUND_LINE, stamped
 from simulations.benchmark import TreeMemory
 
@@ -74,14 +82,8 @@ def run(out: Path, clients: int, rounds: int, extra: list[str]) -> dict[str, Any
         "peak_pss_by_round_mb": [round(x) for x in peak_by_round],
         "final_accuracy": rounds_[-1]["central"]["accuracy"] if rounds_ else None,
         "peak_by_process_mb": [[label, round(pss / 2**20)] for label, pss in memory.peak_breakdown],
-        "phases_s": mean_phases(rounds_[1:] or rounds_),
+        "phases_s": mean_phases([r.get("phases_s", {}) for r in rounds_[1:] or rounds_], 2),
     }
-
-
-def mean_phases(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean seconds per phase of a round (SecAgg+ stages, unmasking, evaluation), in the round's order."""
-    names = list(dict.fromkeys(n for r in rounds for n in r.get("phases_s", {})))
-    return {n: round(statistics.mean(r.get("phases_s", {}).get(n, 0.0) for r in rounds), 2) for n in names}
 
 
 def centralized_round(out: Path, clients: int, rounds: int, flags: list[str], steps: int) -> dict[str, Any]:
