@@ -254,8 +254,9 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         # 5. An unregistered key is refused (checked below, while the rounds run).
         stranger = tracker.add(Fedtext("stranger", [*client_args(
             d, port, d["stranger"] / "clients" / "client-1.key", d["data2"], "h-stranger"),
-            # Long enough for one retry after the first refusal, even on a loaded machine.
-            "--join-timeout", "30"], root))
+            # Long enough for one retry after the first refusal even when starting its
+            # SuperNode takes half a minute (CI, with three clients training beside it).
+            "--join-timeout", "90"], root))
 
         # 6. A plaintext client cannot join the TLS server (it keeps retrying).
         plain = tracker.add(Fedtext("plain", ["client", "--insecure", "--server", f"127.0.0.1:{port}",
@@ -275,7 +276,7 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
 
         # The stranger got Flower's exit code 305, retried until --join-timeout,
         # and ended with one line.
-        assert stranger.wait(180) != 0
+        assert stranger.wait(300) != 0
         assert "Failed to activate SuperNode" in stranger.stdout()
         said = [ln for ln in stranger.stderr().splitlines() if ln.startswith("fedtext client:")]
         assert said[0].startswith("fedtext client: the server refused this SuperNode's key; retrying in 5 s"), said
