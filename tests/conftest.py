@@ -152,3 +152,24 @@ def run_simulate(cmd: list[str], timeout: float = 900) -> subprocess.CompletedPr
             stale.unlink(missing_ok=True)
         else:
             stale.write_text(saved)
+
+
+def pids_with_environ(variable: str) -> list[int]:
+    """Live processes (not this one) whose environment holds ``NAME=value``.
+
+    A test marks what it starts with a variable of its own (or a run's
+    ``FLWR_HOME``), which every process below inherits, re-parented or not; so
+    it finds its leftovers and not those of a test running beside it.
+    """
+    from common.processes import is_alive
+
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if variable.encode() in environ.split(b"\0") and pid != os.getpid() and is_alive(pid):
+            found.append(pid)
+    return found

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from common.processes import descendants, is_alive, stop_process_group
+from tests.conftest import pids_with_environ
 
 pytestmark = pytest.mark.slow
 
@@ -89,25 +90,11 @@ def kill_hard(proc: subprocess.Popen[bytes]) -> set[int]:
     return stopped
 
 
-def processes_using(home: Path) -> list[int]:
-    """Pids whose environment points Flower at ``home`` (every process a run starts)."""
-    marker = f"FLWR_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in env.split(b"\0") and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 def wait_gone(pids: set[int], home: Path, timeout: float = 20.0) -> list[int]:
     """Pids still alive after ``timeout`` s: the killed ones and any other using ``home``."""
     deadline = time.monotonic() + timeout
     while True:
-        left = sorted({p for p in pids if is_alive(p)} | set(processes_using(home)))
+        left = sorted({p for p in pids if is_alive(p)} | set(pids_with_environ(f"FLWR_HOME={home}")))
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)

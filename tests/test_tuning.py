@@ -34,8 +34,10 @@ from simulations.tuning.study import (
     tune,
 )
 from simulations.tuning.trials import objective_value
+from tests.conftest import pids_with_environ
 
 REPO = Path(__file__).resolve().parents[1]
+
 # A small, fast base: 1 encoder layer, BBC topics (5 labels), a few hundred rows.
 TINY = dict(num_hidden_layers=1, max_length=32, batch_size=16, data="packaged:bbc_news",
             max_examples=300, max_test_examples=80, clients=3, rounds=2, freeze="bottom:0",
@@ -328,12 +330,13 @@ def test_optuna_dashboard_reads_the_study(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_federated_study_on_one_superlink_and_ray_head(tmp_path: Path) -> None:
+def test_federated_study_on_one_superlink_and_ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real study: 2 federated trials on the shared SuperLink and Ray head, one pruned."""
-    import psutil
-
     out = tmp_path / "study"
-    started = time.time()
+    # Every process the study starts inherits this variable (SuperLink, Ray head,
+    # ServerApp, actors), and no other test's processes have it.
+    marker = f"FEDTEXT_TEST_STUDY={tmp_path.name}-{os.getpid()}"
+    monkeypatch.setenv(*marker.split("=", 1))
     options = TuneOptions(out=out, trials=2, sampler="grid", pruner="threshold:0.4", params=["lr=1e-7,4e-3"])
     assert tune(tiny(), options, echo=lambda *a, **k: None) == 0
     rows = {r["param:lr"]: r for r in json.loads((out / "trials.json").read_text())}
@@ -344,7 +347,4 @@ def test_federated_study_on_one_superlink_and_ray_head(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials_run"] == 2 and 0 < summary["rounds_s"] < summary["wall_s"]
     # Nothing of the study is left running: no SuperLink, ServerApp, Ray or actor.
-    leftovers = [p.info["cmdline"] for p in psutil.process_iter(["cmdline", "create_time"])
-                 if (p.info["create_time"] or 0) >= started and p.info["cmdline"]
-                 and any(("flower" in part or "flwr" in part or "ray" in part) for part in p.info["cmdline"][:3])]
-    assert leftovers == []
+    assert pids_with_environ(marker) == []
