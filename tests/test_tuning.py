@@ -37,7 +37,6 @@ from simulations.tuning.trials import objective_value
 from tests.conftest import pids_with_environ
 
 REPO = Path(__file__).resolve().parents[1]
-
 # A small, fast base: 1 encoder layer, BBC topics (5 labels), a few hundred rows.
 TINY = dict(num_hidden_layers=1, max_length=32, batch_size=16, data="packaged:bbc_news",
             max_examples=300, max_test_examples=80, clients=3, rounds=2, freeze="bottom:0",
@@ -335,8 +334,8 @@ def test_federated_study_on_one_superlink_and_ray_head(tmp_path: Path, monkeypat
     out = tmp_path / "study"
     # Every process the study starts inherits this variable (SuperLink, Ray head,
     # ServerApp, actors), and no other test's processes have it.
-    marker = f"FEDTEXT_TEST_STUDY={tmp_path.name}-{os.getpid()}"
-    monkeypatch.setenv(*marker.split("=", 1))
+    mark = f"{tmp_path.name}-{os.getpid()}"
+    monkeypatch.setenv("FEDTEXT_TEST_STUDY", mark)
     options = TuneOptions(out=out, trials=2, sampler="grid", pruner="threshold:0.4", params=["lr=1e-7,4e-3"])
     assert tune(tiny(), options, echo=lambda *a, **k: None) == 0
     rows = {r["param:lr"]: r for r in json.loads((out / "trials.json").read_text())}
@@ -347,4 +346,4 @@ def test_federated_study_on_one_superlink_and_ray_head(tmp_path: Path, monkeypat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials_run"] == 2 and 0 < summary["rounds_s"] < summary["wall_s"]
     # Nothing of the study is left running: no SuperLink, ServerApp, Ray or actor.
-    assert pids_with_environ(marker) == []
+    assert pids_with_environ(f"FEDTEXT_TEST_STUDY={mark}") == []
