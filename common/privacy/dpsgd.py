@@ -198,7 +198,7 @@ def train_private(
     import torch
     from opacus.optimizers import DPOptimizer
 
-    from common.training import TrainResult, parameter_groups, tokenize
+    from common.training import TrainResult, adamw, tokenize
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -213,7 +213,7 @@ def train_private(
     loss_sum, loss_count = 0.0, 0
     with private_module(model) as wrapped:
         optimizer = DPOptimizer(
-            torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=peak),
+            adamw(model, peak, cfg.weight_decay),
             noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip,
             expected_batch_size=plan.expected_batch, loss_reduction="mean",
         )
