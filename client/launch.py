@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.supernode import HEARTBEAT_ENV, HEARTBEAT_RANGE_S
 from common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -95,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="Once joined, give up (exit 1) when the server has been unreachable this "
                              "long (default: 60).")
+    parser.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                        help="How often this SuperNode tells the server it is alive, 10-1800. The server "
+                             "drops a node silent for twice this from the round it holds up, so a "
+                             "shorter one lets a round go on sooner after a client dies, at one small "
+                             "request every few seconds (default: 30, Flower's).")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="CPU threads this client trains with (OMP_NUM_THREADS of its warm worker, "
                              "or of each ClientApp process with --no-worker); 0: torch's default, every "
@@ -271,6 +277,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--join-timeout: expected seconds >= 0, got {args.join_timeout}")
     if not args.server_timeout > 0:
         raise ConfigError(f"--server-timeout: expected seconds > 0, got {args.server_timeout}")
+    low, high = HEARTBEAT_RANGE_S
+    if not low <= args.heartbeat <= high:
+        raise ConfigError(f"--heartbeat: expected seconds between {low:g} and {high:g} "
+                          f"(the range Flower's SuperLink accepts), got {args.heartbeat:g}")
     if args.threads < 0:
         raise ConfigError(f"--threads: expected >= 0 (0: every core), got {args.threads}")
     data_path = args.data.expanduser()
@@ -295,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     superlink = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     journal = home / "status.jsonl"
     journal.write_text("")  # this session's events only
-    env = flower_env(home, threads_env(args.threads))
+    env = flower_env(home, {**threads_env(args.threads), HEARTBEAT_ENV: str(args.heartbeat)})
     worker = None if args.no_worker else start_worker(home, env)
     try:
         node_config = write_node_config(home, data_path, args, journal, worker.address if worker else None)

@@ -15,8 +15,16 @@ retries, authentication, the ClientApp processes. The cost is more pulls
 while idle: one small request per node every ``FEDTEXT_SUPERNODE_POLL_S``
 seconds (default 0.2) instead of every 3.
 
-If Flower's module no longer has this shape (a later Flower), nothing is
-changed and the SuperNode runs with Flower's own waits.
+It also sets how often the SuperNode sends its heartbeat
+(``FEDTEXT_SUPERNODE_HEARTBEAT_S``, ``fedtext client --heartbeat``). Flower
+declares 30 s, a constant with no flag, and the SuperLink drops a node that has
+been silent for twice its interval: a client that dies mid-round holds that
+round up for a minute. The node declares its interval itself and Flower's
+SuperLink accepts 10 to 1800 s, so a shorter one is the node's own choice,
+paid with a small request every few seconds.
+
+If Flower's modules no longer have this shape (a later Flower), nothing is
+changed and the SuperNode runs with Flower's own waits and heartbeat.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ from common.errors import ConfigError
 
 POLL_ENV = "FEDTEXT_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.2
+HEARTBEAT_ENV = "FEDTEXT_SUPERNODE_HEARTBEAT_S"
+# Flower's own interval and the bounds its SuperLink accepts (flwr/common/constant.py).
+DEFAULT_HEARTBEAT_S = 30.0
+HEARTBEAT_RANGE_S = (10.0, 1800.0)
 
 log = logging.getLogger("fedtext.client")
 
@@ -60,26 +72,59 @@ def cap_idle_waits(cap: float) -> bool:
     return True
 
 
-def poll_seconds(environ: Mapping[str, str] = os.environ) -> float:
-    """The cap, from ``FEDTEXT_SUPERNODE_POLL_S`` (0.05 to 3 s: 3 is Flower's own wait)."""
-    raw = environ.get(POLL_ENV) or str(DEFAULT_POLL_S)
+def set_heartbeat(interval: float) -> bool:
+    """Declare and send heartbeats every ``interval`` s; False where Flower has changed shape.
+
+    Two modules read Flower's constant: the connection declares it to the
+    SuperLink, the sender waits (interval - call timeout) x ~0.8 between beats.
+    """
+    try:
+        from flwr.supercore import heartbeat as sender
+        from flwr.supernode import fleet_http_connection as connection
+    except ImportError:
+        return False
+    modules = (sender, connection)
+    if not all(isinstance(getattr(m, "HEARTBEAT_DEFAULT_INTERVAL", None), (int, float)) for m in modules):
+        return False
+    for module in modules:
+        module.HEARTBEAT_DEFAULT_INTERVAL = interval
+    return True
+
+
+def seconds_from_env(name: str, default: float, low: float, high: float,
+                     environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds from the variable ``name`` (``default`` when unset), within [low, high]."""
+    raw = environ.get(name) or str(default)
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0.05 <= value <= 3.0:
-        raise ConfigError(f"{POLL_ENV}={raw!r}: expected seconds between 0.05 and 3")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r}: expected seconds between {low:g} and {high:g}")
     return value
+
+
+def poll_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """The cap, from ``FEDTEXT_SUPERNODE_POLL_S`` (0.05 to 3 s: 3 is Flower's own wait)."""
+    return seconds_from_env(POLL_ENV, DEFAULT_POLL_S, 0.05, 3.0, environ)
+
+
+def heartbeat_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """The heartbeat interval, from ``FEDTEXT_SUPERNODE_HEARTBEAT_S`` (10 to 1800 s)."""
+    return seconds_from_env(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S, *HEARTBEAT_RANGE_S, environ)
 
 
 def main() -> int | None:
     try:
-        cap = poll_seconds()
+        cap, interval = poll_seconds(), heartbeat_seconds()
     except ConfigError as exc:
         print(f"fedtext: error: {exc}", file=sys.stderr)
         return 2
     if not cap_idle_waits(cap):
         log.warning("this Flower's SuperNode loop has another shape: running it with its own waits")
+    if interval != DEFAULT_HEARTBEAT_S and not set_heartbeat(interval):
+        log.warning("this Flower's SuperNode heartbeat has another shape: it beats every %.0f s",
+                    DEFAULT_HEARTBEAT_S)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"

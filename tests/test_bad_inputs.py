@@ -116,6 +116,7 @@ CASES = [
     ("client-negative-join-timeout", lambda f: client(f, "--join-timeout", "-1"), ["--join-timeout", "-1"]),
     ("client-zero-server-timeout", lambda f: client(f, "--server-timeout", "0"), ["--server-timeout", "0"]),
     ("client-negative-threads", lambda f: client(f, "--threads", "-2"), ["--threads", "-2"]),
+    ("client-heartbeat-below-flowers-range", lambda f: client(f, "--heartbeat", "5"), ["--heartbeat", "10", "5"]),
     ("client-missing-ca-file", lambda f: client(f, "--ca", str(f["root"] / "none.crt")), ["--ca", "none.crt"]),
     ("client-ca-not-pem", lambda f: client(f, "--ca", str(f["good"])), ["--ca", "good.csv"]),
     ("client-key-not-openssh", lambda f: client(f, "--key", str(f["certs"] / "server.key")),

@@ -158,6 +158,26 @@ def test_the_supernode_hears_the_next_message_within_the_cap_not_flowers_3_s(mon
             poll_seconds({"FEDTEXT_SUPERNODE_POLL_S": bad})
 
 
+def test_the_supernode_declares_and_sends_the_heartbeat_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore import heartbeat as sender
+    from flwr.supernode import fleet_http_connection as connection
+
+    from client.supernode import heartbeat_seconds, set_heartbeat
+    from common.errors import ConfigError
+
+    for module in (sender, connection):  # undone after the test: other tests see Flower's 30 s
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
+    assert set_heartbeat(10.0)
+    # What the node declares when it activates, and what its sender waits between beats.
+    assert connection.HEARTBEAT_DEFAULT_INTERVAL == sender.HEARTBEAT_DEFAULT_INTERVAL == 10.0
+    monkeypatch.delattr(sender, "HEARTBEAT_DEFAULT_INTERVAL")
+    assert not set_heartbeat(10.0)  # a Flower of another shape is left alone
+    assert heartbeat_seconds({}) == 30.0 and heartbeat_seconds({"FEDTEXT_SUPERNODE_HEARTBEAT_S": "10"}) == 10.0
+    for bad in ("often", "5", "3600"):
+        with pytest.raises(ConfigError, match="FEDTEXT_SUPERNODE_HEARTBEAT_S"):
+            heartbeat_seconds({"FEDTEXT_SUPERNODE_HEARTBEAT_S": bad})
+
+
 def test_the_supernode_module_runs_flowers_entry_point() -> None:
     import subprocess
     import sys

@@ -47,9 +47,9 @@ TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "
         "--max-test-examples", "60", "--rounds", "2", "--min-clients", "3", "--fraction-evaluate", "1.0",
         # Only the encoder layer and head travel (2 MB instead of 55 MB per message).
         "--freeze", "embeddings"]
-# A killed client holds a round until the SuperLink marks it offline (~60 s without
-# heartbeat) or this timeout; generous so that slow healthy clients (a loaded
-# 2-core machine) are never cut off.
+# A killed client holds a round until the SuperLink marks it offline (twice its
+# --heartbeat without one) or this timeout; generous so that slow healthy clients
+# (a loaded 2-core machine) are never cut off.
 ROUND_TIMEOUT = "150"
 
 
@@ -239,7 +239,10 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         assert httpx.get(f"https://127.0.0.1:{port}/health", verify=tls, timeout=5).is_success
 
         # 4. Client C joins first (so it is sampled in round 1), then A, B and D.
-        c = tracker.add(Fedtext("c", client_args(d, port, keys / "client-3.key", d["data2"], "h-c"), root))
+        # Its --heartbeat 10 s (Flower's 30 s by default) lets the server drop it
+        # 20 s after it dies instead of 60.
+        c = tracker.add(Fedtext("c", [*client_args(d, port, keys / "client-3.key", d["data2"], "h-c"),
+                                      "--heartbeat", "10"], root))
         procs.append(c)
         c.wait_for(r"SuperNode ID", 120)
         # A trains with one thread (--threads), as several clients sharing a machine should.
