@@ -116,3 +116,25 @@ def test_round_plots_tick_whole_rounds_only(tmp_path) -> None:  # noqa: ANN001
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
     pyplot().close(fig)
     assert plot_rounds(doc, tmp_path / "rounds.png").stat().st_size > 0
+
+
+def test_the_round_plot_is_redrawn_at_most_every_refresh_and_always_at_the_end(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import time
+    from types import SimpleNamespace
+
+    import server.outputs as outputs
+
+    clock = [1000.0]  # the module's own clock, not the time module everyone shares
+    monkeypatch.setattr(outputs, "time", SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime))
+    drawn: list[int] = []
+    monkeypatch.setattr(outputs, "plot_rounds", lambda doc, path: drawn.append(len(doc["rounds"])))
+    recorder = outputs.RunRecorder(tmp_path, {"rounds": 3}, {})
+    central = {"accuracy": 0.5, "f1_macro": 0.5, "loss": 1.0}
+    recorder.record_round(0, central, {})  # the first round is drawn at once
+    clock[0] += 5
+    recorder.record_round(1, central, {})  # 5 s later: metrics.json only
+    clock[0] += outputs.PLOT_REFRESH_S
+    recorder.record_round(2, central, {})
+    recorder.finish("completed")  # the final figure holds every round
+    assert drawn == [1, 3, 3]
+    assert len(outputs.json.loads((tmp_path / "metrics.json").read_text())["rounds"]) == 3
