@@ -19,8 +19,9 @@ When the run ends, the server tells the clients: A, B and D exit 0 on their own,
 with a line per round and a summary.
 
 A second, shorter test stops a ``fedtext server --insecure`` with SIGTERM while it
-waits for clients, checks that a client that had joined gives up after its
-``--server-timeout`` with one line, and that everything either started is gone.
+waits for clients, checks that a client that had joined (``--no-worker``: no warm
+worker starts) gives up after its ``--server-timeout`` with one line, and that
+everything either started is gone.
 """
 
 from __future__ import annotations
@@ -248,9 +249,7 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         # A trains with one thread (--threads), as several clients sharing a machine should.
         a = tracker.add(Fedtext("a", [*client_args(d, port, keys / "client-1.key", d["data0"], "h-a"),
                                       "--threads", "1"], root))
-        # B trains in Flower's fresh ClientApp process per message; the others in their warm worker.
-        b = tracker.add(Fedtext("b", [*client_args(d, port, keys / "client-2.key", d["data1"], "h-b"),
-                                      "--no-worker"], root))
+        b = tracker.add(Fedtext("b", client_args(d, port, keys / "client-2.key", d["data1"], "h-b"), root))
         dd = tracker.add(Fedtext("d", client_args(d, port, keys / "client-4.key", d["data3"], "h-d"), root))
         procs += [a, b, dd]
 
@@ -321,11 +320,10 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         print(f"clients exited {time.monotonic() - server_done:.1f} s after the server")
         journal = [json.loads(line) for line in (root / "h-a" / "status.jsonl").read_text().splitlines()]
         assert {e["threads"] for e in journal if e["event"] == "train"} == {1}, journal
-        # A and D trained in their warm workers, which ended with them; B had none.
-        for home in ("h-a", "h-d"):
+        # They trained in their warm workers, which ended with them.
+        for home in ("h-a", "h-b", "h-d"):
             assert "trained on 36 rows" in (root / home / "worker.log").read_text()
             assert not (root / home / "worker.sock").exists()
-        assert not (root / "h-b" / "worker.log").exists()
 
         # 10. A client that never joined stops on SIGTERM, with everything below it.
         plain.popen.send_signal(signal.SIGTERM)
@@ -359,10 +357,13 @@ def test_server_stops_everything_on_sigterm(tmp_path: Path, rt_rows: list[dict[s
         assert any("flower-superlink" in _cmdline(pid) for pid in tracker.seen)
         # A client that joined, with a short --server-timeout, gives up with one
         # line once the server is gone.
+        # --no-worker: every message would go to Flower's fresh ClientApp process
+        # (which trains as a simulated client does); no worker starts.
         client = tracker.add(Fedtext("client", [
             "client", "--insecure", "--server", f"127.0.0.1:{port}", "--data", str(data),
-            "--home", str(tmp_path / "h"), "--server-timeout", "10"], tmp_path))
+            "--home", str(tmp_path / "h"), "--server-timeout", "10", "--no-worker"], tmp_path))
         client.wait_for(r"SuperNode ID", 120)
+        assert "no warm worker" in client.stdout() and not (tmp_path / "h" / "worker.log").exists()
         server.popen.send_signal(signal.SIGTERM)
         assert server.wait(60) != 0
         gone = time.monotonic()
