@@ -30,21 +30,17 @@ COMMAND = "python -m simulations.bench_privacy --report"
 
 def federate(argv: list[str]) -> dict[str, Any]:
     """One federation in process; its per-round figures."""
-    from flwr.supercore.task_identity import TaskIdentity
-
     from common.config import FedTextConfig
     from common.model import silence_transformers
-    from server.rounds import run_federation
-    from simulations.inprocess import InProcessGrid
+    from simulations.inprocess import run_in_process
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     silence_transformers()
     kv = dict(a.split("=", 1) for a in argv)
     tag = kv.pop("tag", "")
     kv.setdefault("out", f"runs/bench_privacy/{tag or 'run'}")
     cfg = FedTextConfig.from_mapping(kv)
     started = time.perf_counter()
-    run_federation(InProcessGrid(cfg), cfg)
+    run_in_process(cfg)
     seconds = time.perf_counter() - started
     doc = json.loads((Path(cfg.out) / "metrics.json").read_text())
     rounds = doc["rounds"]

@@ -12,8 +12,9 @@ cost a minute per configuration (every strategy, every freezing policy), and
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -22,6 +23,27 @@ from flwr.serverapp import Grid
 
 from client.app import app as client_app
 from common.config import FedTextConfig
+
+
+@contextlib.contextmanager
+def task_identity() -> Iterator[None]:
+    """Flower's task identity, which Messages built outside a Flower runtime need; restored after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def run_in_process(cfg: FedTextConfig) -> None:
+    """The federation of ``cfg``, server and clients, in this process; its run folder is ``cfg.out``."""
+    from server.rounds import run_federation
+
+    with task_identity():
+        run_federation(InProcessGrid(cfg), cfg)
 
 
 class MessageOnlyGrid(Grid):

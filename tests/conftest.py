@@ -16,7 +16,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -94,16 +94,12 @@ def data_files(tmp_path: Path, sample_rows: list[dict[str, str]]) -> dict[str, P
 
 
 @pytest.fixture
-def flwr_identity() -> Any:
-    """Set Flower's task identity so that Messages can be built outside a runtime."""
-    from flwr.supercore.task_identity import TaskIdentity
+def flwr_identity() -> Iterator[None]:
+    """Flower's task identity, so that Messages can be built outside a runtime."""
+    from simulations.inprocess import task_identity
 
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield TaskIdentity
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    with task_identity():
+        yield
 
 
 def last_line_of_python(code: str, timeout: float = 300) -> str:

@@ -356,14 +356,9 @@ FEDERATION = dict(num_hidden_layers=1, max_length=32, batch_size=8, data="packag
 
 
 def _federate(tmp_path: Path, **changes: object) -> dict:
-    from flwr.supercore.task_identity import TaskIdentity
+    from simulations.inprocess import run_in_process
 
-    from server.rounds import run_federation
-    from simulations.inprocess import InProcessGrid
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    cfg = FedTextConfig(**{**FEDERATION, **changes}, out=str(tmp_path / "run"))
-    run_federation(InProcessGrid(cfg), cfg)
+    run_in_process(FedTextConfig(**{**FEDERATION, **changes}, out=str(tmp_path / "run")))
     return json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 

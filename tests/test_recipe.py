@@ -72,14 +72,9 @@ def test_the_pairs_cover_every_strategy_and_policy() -> None:
 
 
 def _federate(tmp_path: Path, **changes: object) -> list[float]:
-    from flwr.supercore.task_identity import TaskIdentity
+    from simulations.inprocess import run_in_process
 
-    from server.rounds import run_federation
-    from simulations.inprocess import InProcessGrid
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    cfg = FedTextConfig(**{**TINY, **changes}, out=str(tmp_path))
-    run_federation(InProcessGrid(cfg), cfg)
+    run_in_process(FedTextConfig(**{**TINY, **changes}, out=str(tmp_path)))
     rounds = json.loads((tmp_path / "metrics.json").read_text())["rounds"]
     return [r["central"]["accuracy"] for r in rounds]
 
