@@ -52,8 +52,41 @@ def planned_steps(num_examples: int, cfg: FedTextConfig) -> int:
     return max(1, cfg.min_local_steps, math.ceil(per_epoch * cfg.local_epochs))
 
 
+# A text's first max-length tokens lie within its first CHARS_PER_TOKEN x
+# max-length characters unless it is unusually sparse (runs of whitespace or
+# markup that make no tokens): BBC News articles have 3.2 to 5.6 characters a
+# token under MiniLM's WordPiece (median 4.7).
+CHARS_PER_TOKEN = 8
+
+
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """A batch of texts as model inputs, padded to its own longest text (not to max-length)."""
+    """A batch of texts as model inputs, padded to its own longest text (not to max-length).
+
+    Only the start of a long text is tokenized (:func:`text_head`): a tokenizer
+    reads a whole text before truncating it, and a 2,000-character news article
+    cut to 32 tokens spent most of its time on the rest (BBC News in batches of
+    16: 0.34 s instead of 2.4 s at 32 tokens, 1.1 s instead of 2.0 s at 128).
+    The result is the same as tokenizing the whole texts: the head ends at a
+    space, so its words tokenize as in the whole text, and a batch where a cut
+    head gives fewer than ``max_length`` tokens is tokenized again in full.
+    """
+    heads = [text_head(text, CHARS_PER_TOKEN * max_length) for text in texts]
+    enc = _encode(tokenizer, heads, max_length)
+    lengths = enc["attention_mask"].sum(dim=1).tolist() if "attention_mask" in enc else [0] * len(texts)
+    if any(len(head) < len(text) and n < max_length for head, text, n in zip(heads, texts, lengths, strict=True)):
+        enc = _encode(tokenizer, texts, max_length)
+    return enc
+
+
+def text_head(text: str, chars: int) -> str:
+    """``text`` cut at its last space within ``chars`` characters (whole when it has none there)."""
+    if len(text) <= chars:
+        return text
+    cut = text.rfind(" ", 0, chars + 1)
+    return text if cut <= 0 else text[:cut]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     return dict(tokenizer(
         texts,
         padding=True,

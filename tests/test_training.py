@@ -166,3 +166,29 @@ def test_iterate_batches_shuffles_by_seed_and_keeps_order_without(rows, tokenize
 
     assert first_pass(1) == first_pass(1)
     assert sorted(first_pass(1)) == sorted(few["label"][:])
+
+
+@pytest.mark.parametrize("max_length", [8, 32, 128])
+def test_tokenizing_the_head_of_long_texts_gives_what_the_whole_texts_give(tokenizer, max_length) -> None:  # noqa: ANN001
+    from common.packaged import _bbc_news_rows
+    from common.training import CHARS_PER_TOKEN, _encode, text_head, tokenize
+
+    articles = [r["text"] for r in _bbc_news_rows()[::45]]  # 50 articles, 1,000-5,000 characters
+    sparse = [" " * 3000 + "words after a run of spaces " * 20,  # spaces make no WordPiece tokens
+              "<td> </td> " * 400 + "a table, then text",
+              "x" * 5000,  # no space to cut at: tokenized whole
+              "日本語のテキスト、句読点つき。" * 200]
+    # The head's last word gives the last token kept: a head cut inside that word
+    # ("interna|tionalization") would end with a token the whole text does not have.
+    words = "ab " * (max_length - 3)
+    chars = CHARS_PER_TOKEN * max_length
+    straddling = " " * (chars - len(words) - len("interna")) + words + "internationalization and then more " * 9
+    cut = 0
+    batches = [articles[i:i + 16] for i in range(0, len(articles), 16)]
+    # (alone: any other text of the batch that falls back to its whole would hide it)
+    for batch in [*batches, sparse, articles[:3] + sparse[:1], [straddling]]:
+        expected = _encode(tokenizer, batch, max_length)
+        got = tokenize(tokenizer, batch, max_length)
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+        cut += sum(len(text_head(t, CHARS_PER_TOKEN * max_length)) < len(t) for t in batch)
+    assert cut > 50  # the heads were really used
