@@ -31,7 +31,7 @@ def test_both_nodes_of_a_two_node_cluster_train(tmp_path: Path) -> None:
             out = tmp_path / "run"
             proc = run_simulate([
                 sys.executable, "-m", "simulations.cli", "simulate", "--ray-address", head.address,
-                "--data", "packaged:bbc_news", "--clients", "2", "--client-cpus", "1", "--rounds", "2",
+                "--data", "packaged:bbc_news", "--clients", "2", "--client-cpus", "1", "--rounds", "1",
                 "--num-hidden-layers", "1", "--max-length", "32", "--max-examples", "120",
                 "--max-test-examples", "40", "--local-steps", "2", "--freeze", "head", "--no-secagg", "--seed", "7",
                 "--out", str(out),
@@ -43,8 +43,5 @@ def test_both_nodes_of_a_two_node_cluster_train(tmp_path: Path) -> None:
         head.stop()
     doc = json.loads((out / "metrics.json").read_text())
     placements = [r["clients"]["ray_nodes"] for r in doc["rounds"] if r["round"] >= 1]
-    assert len(placements) == 2
-    for nodes in placements:
-        # Two actors, one per node: each round, one client trained on each node.
-        assert sorted(nodes.values()) == [1, 1], placements
-    assert len({node for nodes in placements for node in nodes}) == 2, placements
+    # Two actors, one per node: one client trained on each node.
+    assert len(placements) == 1 and sorted(placements[0].values()) == [1, 1], placements
