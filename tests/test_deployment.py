@@ -12,7 +12,8 @@ minutes on 2 cores):
 - updates are securely aggregated (SecAgg+, on by default, advertisements signed
   with the clients' identity keys): client C is SIGKILLed
   (its whole SuperNode tree) while it trains in round 1, the round goes on with the
-  clients that answered, and the federation completes with A, B and D;
+  clients that answered, and the federation completes with A, B and D (which joins
+  after round 1 has started, so that C is surely among its three);
 - afterwards no process that any of these commands started is left.
 
 When the run ends, the server tells the clients: A, B and D exit 0 on their own,
@@ -213,19 +214,19 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
     tracker = Tracker()
     procs: list[Fedtext] = []
     try:
-        # 1. A bad data file is refused before any SuperNode starts.
+        # 1. The server: TLS + node auth, keys of clients 1-4 registered.
+        server = tracker.add(Fedtext("server", [
+            "server", "--certs", str(d["certs"]), "--authorized-keys", str(keys), "--host", "127.0.0.1",
+            "--port", str(port), "--round-timeout", ROUND_TIMEOUT, "--out", str(out), *TINY], root))
+        procs.append(server)
+
+        # 2. Meanwhile, a bad data file is refused before any SuperNode starts.
         bad = tracker.add(Fedtext("bad", client_args(d, port, keys / "client-3.key", d["bad"], "h-bad"), root))
         assert bad.wait(120) == 2
         err = bad.stderr().strip().splitlines()
         assert len(err) == 1 and err[0].startswith("fedtext: error: ") and "bad.csv" in err[0] \
             and "row 2" in err[0], err
         assert "SuperNode" not in bad.stdout()
-
-        # 2. The server: TLS + node auth, keys of clients 1-4 registered.
-        server = tracker.add(Fedtext("server", [
-            "server", "--certs", str(d["certs"]), "--authorized-keys", str(keys), "--host", "127.0.0.1",
-            "--port", str(port), "--round-timeout", ROUND_TIMEOUT, "--out", str(out), *TINY], root))
-        procs.append(server)
         server.wait_for(r"waiting for 3 clients", 240)
         assert "registered 4 SuperNode key(s)" in server.stdout()
 
@@ -239,19 +240,17 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         tls = ssl.create_default_context(cafile=str(d["certs"] / "ca.crt"))
         assert httpx.get(f"https://127.0.0.1:{port}/health", verify=tls, timeout=5).is_success
 
-        # 4. Client C joins first (so it is sampled in round 1), then A, B and D.
-        # Its --heartbeat 10 s (Flower's 30 s by default) lets the server drop it
-        # 20 s after it dies instead of 60.
+        # 4. Clients C, A and B join: round 1 starts with these three (D joins once
+        # it has started, for round 2). C's --heartbeat 10 s (Flower's 30 s by
+        # default) lets the server drop it 20 s after it dies instead of 60.
         c = tracker.add(Fedtext("c", [*client_args(d, port, keys / "client-3.key", d["data2"], "h-c"),
                                       "--heartbeat", "10"], root))
         procs.append(c)
-        c.wait_for(r"SuperNode ID", 120)
         # A trains with one thread (--threads), as several clients sharing a machine should.
         a = tracker.add(Fedtext("a", [*client_args(d, port, keys / "client-1.key", d["data0"], "h-a"),
                                       "--threads", "1"], root))
         b = tracker.add(Fedtext("b", client_args(d, port, keys / "client-2.key", d["data1"], "h-b"), root))
-        dd = tracker.add(Fedtext("d", client_args(d, port, keys / "client-4.key", d["data3"], "h-d"), root))
-        procs += [a, b, dd]
+        procs += [a, b]
 
         # 5. An unregistered key is refused (checked below, while the rounds run).
         stranger = tracker.add(Fedtext("stranger", [*client_args(
@@ -274,6 +273,8 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         for pid in _supernode_tree(c):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        dd = tracker.add(Fedtext("d", client_args(d, port, keys / "client-4.key", d["data3"], "h-d"), root))
+        procs.append(dd)
         assert c.wait(90) != 0  # it stops what is left of its tree first; slow on a loaded machine
 
         # The stranger got Flower's exit code 305, retried until --join-timeout,
