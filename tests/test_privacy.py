@@ -297,6 +297,45 @@ def test_opacus_gives_per_row_gradients_under_every_freezing_policy(freeze: str)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_ghost_clipping_takes_the_step_per_row_clipping_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where embeddings train, rows are ghost-clipped: the step must be the per-row path's, scale included.
+
+    Without noise and with plain SGD (AdamW would hide a wrong scale, and the
+    noise is calibrated to the clipped sum's), one step of two micro-batches
+    moves every weight as the per-row path does.
+    """
+    import copy
+
+    import datasets
+    import torch
+
+    import common.privacy.dpsgd as dpsgd
+    import common.training
+    from common.model import build_model, load_tokenizer
+
+    cfg = FedTextConfig(num_hidden_layers=1, max_length=24, batch_size=4, grad_accum_steps=2, freeze="none",
+                        dp="record", lr=0.5, lr_schedule="constant", warmup_ratio=0.0, local_steps=1)
+    texts = [f"review {i}: the film was {'wonderful' if i % 2 else 'a dull, overlong mess'}" for i in range(12)]
+    rows = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(12)]})
+    plan = dpsgd.DpSgdPlan(rows=12, expected_batch=8, steps_per_round=1, rounds=1, noise_multiplier=0.0, clip=0.05)
+    monkeypatch.setattr(common.training, "adamw", lambda model, lr, wd: torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=lr))
+    start = build_model(cfg, LABELS)
+    tokenizer = load_tokenizer(cfg)
+    moved = {}
+    assert dpsgd.trains_embeddings(start)  # train_private ghost-clips this model by itself
+    for ghost in (False, True):
+        model = copy.deepcopy(start)
+        dpsgd.train_private(model, rows, tokenizer, cfg, torch.device("cpu"), seed=3, plan=plan, ghost=ghost)
+        moved[ghost] = torch.cat([(p.detach() - q.detach()).ravel()
+                                  for p, q in zip(model.parameters(), start.parameters(), strict=True)])
+    assert moved[False].norm() > 0
+    # The clipped sum over the sampled rows, divided by the expected batch: at most clip per row.
+    assert moved[False].norm() <= 0.5 * 0.05 * 12 / 8 + 1e-6
+    assert torch.allclose(moved[True], moved[False], rtol=1e-3, atol=1e-7), (moved[True] - moved[False]).abs().max()
+    assert not any(hasattr(p, "_norm_sample") for p in model.parameters())  # nothing of Opacus stays
+
+
 def test_a_layer_opacus_cannot_handle_is_named() -> None:
     import torch
 

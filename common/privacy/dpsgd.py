@@ -101,30 +101,53 @@ def _calibrated(rate: float, steps: int, target: float, delta: float, kind: str)
         raise ConfigError(f"config key 'dp-epsilon': {exc} ({steps} steps at sampling rate {rate:.3g})") from None
 
 
+def trains_embeddings(model: torch.nn.Module) -> bool:
+    """Whether an embedding table of ``model`` trains (freeze=none): then :func:`train_private` ghost-clips."""
+    import torch
+
+    return any(isinstance(m, torch.nn.Embedding) and m.weight.requires_grad for m in model.modules())
+
+
 @contextlib.contextmanager
-def private_module(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+def private_module(model: torch.nn.Module, ghost_clip: float | None = None) -> Iterator[torch.nn.Module]:
     """``model`` wrapped by Opacus' GradSampleModule; the hooks go when the block ends.
+
+    ``ghost_clip``: wrap it for ghost clipping at that norm instead
+    (``GradSampleModuleFastGradientClipping``): each row's gradient norm is
+    computed without the row's gradient, and a second backward pass sums the
+    clipped gradients. Per-row gradients of a 30,522 x 384 word embedding are
+    47 MB a row; their norms are a few numbers.
 
     Position embeddings are looked up with one row of position ids shared by
     the whole batch, which would give one gradient for the batch instead of
-    one per row: a pre-hook broadcasts such lookups to the batch.
+    one per row: a pre-hook broadcasts such lookups to the batch (as a
+    contiguous tensor).
     A simulated client caches its model between rounds, so nothing of Opacus
     may stay attached to it.
     """
     import torch
     from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     batch = {"size": 0}
 
     def per_row_lookup(module: torch.nn.Module, args: tuple) -> tuple | None:
         ids = args[0]
         if batch["size"] > 1 and ids.dim() >= 2 and ids.shape[0] == 1:
-            return (ids.expand(batch["size"], *ids.shape[1:]), *args[1:])
-        return None
+            ids = ids.expand(batch["size"], *ids.shape[1:])
+        elif ids.is_contiguous():
+            return None
+        # Contiguous (BERT expands its token-type ids too): ghost clipping's
+        # embedding norms take a view of the ids.
+        return (ids.contiguous(), *args[1:])
 
     handles = [m.register_forward_pre_hook(per_row_lookup) for m in model.modules()
                if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
-    wrapped = GradSampleModule(model, loss_reduction="mean", strict=True)
+    if ghost_clip is None:
+        wrapped = GradSampleModule(model, loss_reduction="mean", strict=True)
+    else:
+        wrapped = GradSampleModuleFastGradientClipping(model, loss_reduction="mean", strict=True,
+                                                       max_grad_norm=ghost_clip, use_ghost_clipping=True)
     wrapped.fedtext_batch = batch
     try:
         with warnings.catch_warnings():
@@ -137,7 +160,7 @@ def private_module(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for handle in handles:
             handle.remove()
         for p in model.parameters():
-            for attr in ("grad_sample", "summed_grad", "_current_grad_sample"):
+            for attr in ("grad_sample", "summed_grad", "_current_grad_sample", "_norm_sample", "_forward_counter"):
                 if hasattr(p, attr):
                     delattr(p, attr)
 
@@ -160,11 +183,12 @@ def check_supported(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) 
     from common.training import tokenize
 
     enc = tokenize(tokenizer, ["a short text", "another, slightly longer text"], 32)
+    labels = torch.tensor([0, 1])
     try:
         with private_module(model) as wrapped:
             wrapped.fedtext_batch["size"] = 2
             model.train()
-            wrapped(**enc, labels=torch.tensor([0, 1])).loss.backward()
+            wrapped(**enc, labels=labels).loss.backward()
             for name, p in model.named_parameters():
                 if not p.requires_grad:
                     continue
@@ -174,6 +198,24 @@ def check_supported(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) 
                         f"config key 'dp': Opacus computes no per-row gradient for layer '{name}' of "
                         f"{type(model).__name__}; freeze it (e.g. freeze=bottom:K or lora) or use dp=client"
                     )
+        model.zero_grad(set_to_none=True)
+        if trains_embeddings(model):  # and the ghost-clipped pass train_private will take
+            from opacus.optimizers import DPOptimizerFastGradientClipping
+            from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+            try:
+                with private_module(model, ghost_clip=1.0) as wrapped:
+                    wrapped.fedtext_batch["size"] = 2
+                    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+                    optimizer = DPOptimizerFastGradientClipping(sgd, noise_multiplier=0.0, max_grad_norm=1.0,
+                                                                expected_batch_size=2, loss_reduction="mean")
+                    loss = DPLossFastGradientClipping(wrapped, optimizer, torch.nn.CrossEntropyLoss(), "mean")
+                    loss(wrapped(**enc).logits, labels).backward()
+            except (RuntimeError, ValueError, NotImplementedError) as exc:
+                raise ConfigError(
+                    f"config key 'dp': Opacus cannot ghost-clip {type(model).__name__}, whose embeddings train "
+                    f"({str(exc).splitlines()[0]}); freeze them (freeze=embeddings) or use dp=client"
+                ) from None
     finally:
         model.zero_grad(set_to_none=True)
 
@@ -188,15 +230,20 @@ def train_private(
     plan: DpSgdPlan,
     proximal_mu: float = 0.0,
     span: tuple[float, float] = (0.0, 1.0),
+    ghost: bool | None = None,
 ) -> TrainResult:
     """``plan.steps_per_round`` DP-SGD steps on ``dataset``; ``model`` trained in place.
 
     The counterpart of :func:`common.training.train_model` (same lr schedule,
     AdamW parameter groups and FedProx term); per-row clipping replaces the
-    batch's gradient clipping, and training runs in float32.
+    batch's gradient clipping, and training runs in float32. Where an
+    embedding table trains, rows are ghost-clipped (:func:`private_module`):
+    the same clipped sum, without per-row gradients (``ghost`` forces the
+    choice, for comparisons).
     """
     import torch
-    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
     from common.training import TrainResult, adamw, tokenize
 
@@ -211,12 +258,17 @@ def train_private(
     factors = step_lr_factors(span, plan.steps_per_round, cfg.lr_schedule, cfg.warmup_ratio)
     texts, labels = dataset["text"], np.asarray(dataset["label"])
     loss_sum, loss_count = 0.0, 0
-    with private_module(model) as wrapped:
-        optimizer = DPOptimizer(
+    ghost = trains_embeddings(model) if ghost is None else ghost
+    with private_module(model, ghost_clip=plan.clip if ghost else None) as wrapped:
+        optimizer = (DPOptimizerFastGradientClipping if ghost else DPOptimizer)(
             adamw(model, peak, cfg.weight_decay),
             noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip,
             expected_batch_size=plan.expected_batch, loss_reduction="mean",
         )
+        # Ghost clipping needs each row's loss: the criterion wraps them so that
+        # backward() runs both passes.
+        per_row_loss = DPLossFastGradientClipping(wrapped, optimizer, torch.nn.CrossEntropyLoss(),
+                                                  loss_reduction="mean") if ghost else None
         for factor in factors:
             for group in optimizer.param_groups:
                 group["lr"] = peak * factor
@@ -224,12 +276,19 @@ def train_private(
             chunks = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
             if not chunks:  # an empty Poisson sample still takes a (noise-only) step
                 for p in trainable:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+                    if ghost:
+                        p.grad = torch.zeros_like(p)
+                    else:
+                        p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
             for i, idx in enumerate(chunks):
                 enc = tokenize(tokenizer, [texts[j] for j in idx], cfg.max_length)
                 wrapped.fedtext_batch["size"] = len(idx)
-                loss = wrapped(**{k: v.to(device) for k, v in enc.items()},
-                               labels=torch.as_tensor(labels[idx], dtype=torch.long, device=device)).loss
+                inputs = {k: v.to(device) for k, v in enc.items()}
+                y = torch.as_tensor(labels[idx], dtype=torch.long, device=device)
+                if per_row_loss is not None:
+                    loss = per_row_loss(wrapped(**inputs).logits, y)
+                else:
+                    loss = wrapped(**inputs, labels=y).loss
                 loss.backward()
                 loss_sum += float(loss.detach()) * len(idx)
                 loss_count += len(idx)
