@@ -268,8 +268,10 @@ def bench_fedtext(m: int, n: int, update: np.ndarray, args: argparse.Namespace) 
     # Server: sum of the masked vectors (once) and finish (repeats, fresh copies).
     row["server_sum_s"] = rnd["server_sum_s"]
     snapshot, replies3 = rnd["server_before_finish"], rnd["replies3"]
-    med, times, _ = timed(lambda s: s.finish(replies3), args.repeats, args.max_seconds,
-                          setup=lambda: copy.deepcopy(snapshot))
+    # Bound now (default arguments): the names are deleted below, which makes
+    # a late-binding lambda read as an undefined name.
+    med, times, _ = timed(lambda s, replies=replies3: s.finish(replies), args.repeats, args.max_seconds,
+                          setup=lambda before=snapshot: copy.deepcopy(before))
     row["server_unmask_s"] = med
     row["server_unmask_runs_s"] = times
     row["server_unmask_note"] = (f"SecAggServer.finish, {survivors} survivors, "
