@@ -6,7 +6,9 @@ Per optimizer step (Abadi et al., CCS 2016, as Opacus implements it):
    probability q = expected batch / rows (Poisson sampling: the amplification
    the accountant assumes);
 2. **clip**: Opacus computes each row's gradient of the trainable parameters
-   and scales it to L2 norm at most ``dp-clip``;
+   and scales it to L2 norm at most ``dp-clip`` (where an embedding table
+   trains, ghost clipping takes the same clipped sum without the per-row
+   gradients: :func:`private_module`);
 3. **noise**: the clipped gradients are summed, Gaussian noise of standard
    deviation sigma x clip is added, and the result is divided by the expected
    batch;
