@@ -29,7 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -167,6 +167,29 @@ def private_module(model: torch.nn.Module, ghost_clip: float | None = None) -> I
                     delattr(p, attr)
 
 
+def dp_optimizer(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, noise_multiplier: float,
+                 clip: float, expected_batch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """Opacus' DP optimizer around ``optimizer`` for a module of :func:`private_module`.
+
+    Returns it with, for a ghost-clipped module, the per-row loss to call on
+    ``(logits, labels)``: its backward() runs both passes (None otherwise:
+    the model's own loss serves).
+    """
+    import torch
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    ghost = isinstance(wrapped, GradSampleModuleFastGradientClipping)
+    private = (DPOptimizerFastGradientClipping if ghost else DPOptimizer)(
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=clip,
+        expected_batch_size=expected_batch, loss_reduction="mean",
+    )
+    if not ghost:
+        return private, None
+    return private, DPLossFastGradientClipping(wrapped, private, torch.nn.CrossEntropyLoss(), loss_reduction="mean")
+
+
 def check_supported(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
     """Pre-flight: Opacus can give every trainable parameter a per-row gradient.
 
@@ -202,17 +225,12 @@ def check_supported(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) 
                     )
         model.zero_grad(set_to_none=True)
         if trains_embeddings(model):  # and the ghost-clipped pass train_private will take
-            from opacus.optimizers import DPOptimizerFastGradientClipping
-            from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
             try:
                 with private_module(model, ghost_clip=1.0) as wrapped:
                     wrapped.fedtext_batch["size"] = 2
                     sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-                    optimizer = DPOptimizerFastGradientClipping(sgd, noise_multiplier=0.0, max_grad_norm=1.0,
-                                                                expected_batch_size=2, loss_reduction="mean")
-                    loss = DPLossFastGradientClipping(wrapped, optimizer, torch.nn.CrossEntropyLoss(), "mean")
-                    loss(wrapped(**enc).logits, labels).backward()
+                    _, per_row_loss = dp_optimizer(wrapped, sgd, noise_multiplier=0.0, clip=1.0, expected_batch=2)
+                    per_row_loss(wrapped(**enc).logits, labels).backward()
             except (RuntimeError, ValueError, NotImplementedError) as exc:
                 raise ConfigError(
                     f"config key 'dp': Opacus cannot ghost-clip {type(model).__name__}, whose embeddings train "
@@ -244,8 +262,6 @@ def train_private(
     choice, for comparisons).
     """
     import torch
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
     from common.training import TrainResult, adamw, tokenize
 
@@ -262,15 +278,8 @@ def train_private(
     loss_sum, loss_count = 0.0, 0
     ghost = trains_embeddings(model) if ghost is None else ghost
     with private_module(model, ghost_clip=plan.clip if ghost else None) as wrapped:
-        optimizer = (DPOptimizerFastGradientClipping if ghost else DPOptimizer)(
-            adamw(model, peak, cfg.weight_decay),
-            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip,
-            expected_batch_size=plan.expected_batch, loss_reduction="mean",
-        )
-        # Ghost clipping needs each row's loss: the criterion wraps them so that
-        # backward() runs both passes.
-        per_row_loss = DPLossFastGradientClipping(wrapped, optimizer, torch.nn.CrossEntropyLoss(),
-                                                  loss_reduction="mean") if ghost else None
+        optimizer, per_row_loss = dp_optimizer(wrapped, adamw(model, peak, cfg.weight_decay),
+                                               plan.noise_multiplier, plan.clip, plan.expected_batch)
         for factor in factors:
             for group in optimizer.param_groups:
                 group["lr"] = peak * factor
