@@ -113,7 +113,7 @@ def report(path: str, overhead_path: str | None = None) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     baseline: dict[str, float] = {}
     for i, r in enumerate(rows, start=1):
-        setup = " ".join(f"{k}={r[k]}" for k in keys[1:] if k in r)
+        setup = " ".join(f"{k}={r.get(k, 'all')}" for k in keys[1:] if k in r or k == "max-examples")
         group = r.get("group", r.get("data", ""))
         if r.get("dp", "none") == "none":
             baseline[group] = r["final_acc"]
