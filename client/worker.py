@@ -42,9 +42,7 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
@@ -53,6 +51,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from flwr.app import Context, RecordDict
+
+    from common.processes import SocketServer
 
 log = logging.getLogger("fedtext.client")
 
@@ -154,17 +154,6 @@ def serve(socket: Path, key: bytes) -> None:
                     log.warning("worker: could not answer: %s", exc)
 
 
-def socket_path(home: Path) -> Path:
-    """The worker's socket in the node's home, or in a private temporary folder
-    when the home's path is too long for a Unix socket (108 bytes on Linux)."""
-    path = home / "worker.sock"
-    if len(os.fsencode(path)) < 100:
-        return path
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="fedtext-")) / "worker.sock"
-
-
 def write_key(path: Path) -> None:
     """A fresh random key, readable by this user only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -215,21 +204,15 @@ def _answer(conn: Connection, handlers: dict, code: str) -> None:
 class WorkerProcess:
     """A running worker and where the ClientApp finds it."""
 
-    process: subprocess.Popen[bytes]
-    socket: Path
+    server: SocketServer
     key_file: Path
 
     @property
     def address(self) -> tuple[Path, Path]:
-        return self.socket, self.key_file
+        return self.server.socket, self.key_file
 
     def stop(self) -> None:
-        from common.processes import stop_process_group
-
-        stop_process_group(self.process, grace=3.0)
-        self.socket.unlink(missing_ok=True)
-        if self.socket.parent != self.key_file.parent:  # a temporary folder of socket_path's
-            self.socket.parent.rmdir()
+        self.server.stop()
 
 
 def start_worker(home: Path, env: dict[str, str], ready_timeout: float = 30.0) -> WorkerProcess:
@@ -238,27 +221,13 @@ def start_worker(home: Path, env: dict[str, str], ready_timeout: float = 30.0) -
     Its output goes to ``worker.log`` in the node's home; it dies with this
     process, even when this one is killed.
     """
-    from common.processes import die_with_parent
+    from common.processes import start_socket_server
 
     key_file = home / "worker.key"
     write_key(key_file)
-    socket = socket_path(home)
-    socket.unlink(missing_ok=True)
-    with (home / "worker.log").open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "client.worker", "--socket", str(socket), "--key-file", str(key_file)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
-        )
-    worker = WorkerProcess(process, socket, key_file)
-    deadline = time.monotonic() + ready_timeout
-    while not socket.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            worker.stop()
-            tail = (home / "worker.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise RuntimeError(f"the warm worker did not start (see {home / 'worker.log'}: {' '.join(tail)}); "
-                               "--no-worker runs without it")
-        time.sleep(0.05)
-    return worker
+    server = start_socket_server("client.worker", ["--key-file", str(key_file)], home, "worker", env,
+                                 ready_timeout, "--no-worker runs without it")
+    return WorkerProcess(server, key_file)
 
 
 def main(argv: list[str] | None = None) -> None:

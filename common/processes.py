@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,62 @@ def flwr_bin(name: str) -> str:
     """Path of a Flower executable installed next to this Python."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+def unix_socket_path(home: Path, name: str) -> Path:
+    """``home/name`` for a Unix socket, or ``name`` in a private temporary folder
+    when that path is too long for one (108 bytes on Linux)."""
+    path = home / name
+    if len(os.fsencode(path)) < 100:
+        return path
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="fedtext-")) / name
+
+
+@dataclass
+class SocketServer:
+    """A node's helper process that serves on a Unix socket (the warm worker, the ClientApp fork server)."""
+
+    process: subprocess.Popen[bytes]
+    socket: Path
+    home: Path
+
+    def stop(self) -> None:
+        """End it and everything it started; remove its socket."""
+        stop_process_group(self.process, grace=3.0)
+        self.socket.unlink(missing_ok=True)
+        if self.socket.parent != self.home:  # a temporary folder of unix_socket_path's
+            self.socket.parent.rmdir()
+
+
+def start_socket_server(module: str, args: list[str], home: Path, name: str, env: dict[str, str],
+                        ready_timeout: float, without: str) -> SocketServer:
+    """Run ``python -m module --socket SOCKET *args`` for a node; return once SOCKET exists.
+
+    The socket is ``home/name.sock`` (or in a temporary folder when that path is
+    too long), the output goes to ``home/name.log``; the process runs in a
+    session of its own and dies with this one. When it does not start, raises
+    a RuntimeError naming the log's last line and ``without`` (how to run
+    without it).
+    """
+    socket_file = unix_socket_path(home, f"{name}.sock")
+    socket_file.unlink(missing_ok=True)
+    log_file = home / f"{name}.log"
+    with log_file.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, "--socket", str(socket_file), *args],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+        )
+    server = SocketServer(process, socket_file, home)
+    deadline = time.monotonic() + ready_timeout
+    while not socket_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"{module} did not start (see {log_file}: {' '.join(tail)}); {without}")
+        time.sleep(0.05)
+    return server
 
 
 def offline_environment() -> None:

@@ -39,11 +39,11 @@ def worker() -> Iterator[tuple[Path, Path, Path]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     running = start_worker(home, env)
     try:
-        yield running.socket, running.key_file, home / "worker.log"
+        yield running.server.socket, running.key_file, home / "worker.log"
     finally:
         running.stop()
-    assert running.process.poll() is not None
-    assert not running.socket.exists()
+    assert running.server.process.poll() is not None
+    assert not running.server.socket.exists()
 
 
 def _journals(grid: InProcessGrid, folder: Path, worker: tuple[Path, Path, Path] | None) -> dict[int, Path]:
