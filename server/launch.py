@@ -194,10 +194,8 @@ def run(args: argparse.Namespace, echo=print) -> int:  # noqa: ANN001
     run_config = write_run_config(cfg, out / "run_config.toml")
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)
-    # In-memory state is re-created each start; keys are registered again below.
+    # The SuperLink's state is in memory, new at each start: keys are registered again below.
     home = out / ".flwr"
-    for old in home.glob("state.db*"):
-        old.unlink(missing_ok=True)
     superlink = LocalSuperLink(home=home, simulation=False, host=args.host, port=args.port,
                                tls=tls, node_auth=tls is not None)
     logs = None

@@ -93,7 +93,11 @@ class LocalSuperLink:
             "--health-server-address", f"127.0.0.1:{free_port()}",
             "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",
-            "--database", str(self.home / "state.db"),
+            # No --database: Flower's in-memory state. With an SQLite file every
+            # request (each SuperNode's pull every 0.2 s, each chunk of a model)
+            # went through SQLAlchemy, most of the SuperLink's CPU on a deployed
+            # round; fedtext starts a fresh SuperLink per run and keeps its own
+            # checkpoints, so nothing read that file back.
         ]
         if self.simulation:
             cmd.append("--simulation")
