@@ -8,7 +8,9 @@
    (an EC key in OpenSSH PRIVATE format, as ``fedtext certs`` writes it);
 3. start this node's warm worker (``client.worker``: torch and the model stay
    loaded between messages; ``--no-worker`` leaves every message to a fresh
-   ClientApp process), then run ``flower-supernode`` as a child in its own
+   ClientApp process) and its ClientApp fork server (``client.forkserver``:
+   each message's ClientApp process is forked with Flower already imported;
+   ``--cold-clientapps`` starts them cold), then run ``flower-supernode`` as a child in its own
    session, with the data file's absolute path in its node config
    (``data-path``): the rows never leave this machine, the ClientApp reads them
    here; forward its output (colour only on a terminal); stop it, the worker
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import sys
 import time
@@ -109,6 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Train and evaluate in Flower's fresh ClientApp process for each message, "
                              "importing torch and loading the model every time (default: a warm worker "
                              "process of this client keeps them loaded between messages).")
+    parser.add_argument("--cold-clientapps", action="store_true",
+                        help="Start each message's ClientApp process cold, as Flower does: about 2 s of "
+                             "imports per message (default: fork it from a process of this client that "
+                             "has Flower imported; still one fresh process per message).")
     parser.add_argument("--stay", action="store_true",
                         help="Keep serving later runs after the run this client joined ends "
                              "(default: exit 0 when it ends).")
@@ -299,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
     home = (args.home or default_home(args.server, key, data_path)).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
 
+    from client.forkserver import start_forkserver
     from client.worker import start_worker
     from common.processes import flower_env
 
@@ -307,7 +315,12 @@ def run(args: argparse.Namespace) -> int:
     journal.write_text("")  # this session's events only
     env = flower_env(home, {**threads_env(args.threads), HEARTBEAT_ENV: str(args.heartbeat)})
     worker = None if args.no_worker else start_worker(home, env)
+    forks = None
     try:
+        if not args.cold_clientapps:
+            forks = start_forkserver(home, env)
+            # The SuperExec finds flwr-clientapp on its PATH: the launcher comes first.
+            env = {**env, "PATH": os.pathsep.join([str(forks.bin_dir), env.get("PATH", "")])}
         node_config = write_node_config(home, data_path, args, journal, worker.address if worker else None)
         # Flower's SuperNode, with its idle waits capped (client/supernode.py).
         cmd = [sys.executable, "-m", "client.supernode", "--superlink", superlink,
@@ -327,6 +340,8 @@ def run(args: argparse.Namespace) -> int:
             f"{'' if worker else '; no warm worker'})")
         return serve_federation(cmd, env, superlink, journal, args)
     finally:
+        if forks is not None:
+            forks.stop()
         if worker is not None:
             worker.stop()
 
@@ -469,7 +484,6 @@ def _forward(stream: Any, outcome: SuperNodeOutcome) -> None:
 
 def _stop_pids(pids: set[int], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, processes that were below the SuperNode."""
-    import os
     import signal
 
     from common.processes import is_alive

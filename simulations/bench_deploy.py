@@ -5,12 +5,13 @@ The same rows, model, rounds and SecAgg+ both ways, on this machine:
 1. **simulate**: ``fedtext simulate`` over one file whose ``client`` column
    gives each simulated client the rows of one deployed client
    (``--partition column:client``); Ray gives each client ``--client-cpus 1``;
-2. **deploy --threads N --no-worker**: ``fedtext server --insecure`` on
+2. **deploy --threads N --cold-clientapps**: ``fedtext server --insecure`` on
    localhost and one ``fedtext client`` per file, each with its share of the
-   cores (as Ray gives the simulation's clients), training in Flower's fresh
-   ClientApp process per message;
-3. **deploy --threads N**: the same with each client's warm worker
-   (``client/worker.py``), the default;
+   cores (as Ray gives the simulation's clients), training in its warm worker
+   (``client/worker.py``), every message's ClientApp process started cold by
+   Flower's SuperExec (as before ``client/forkserver.py``);
+3. **deploy --threads N**: the same with each message's ClientApp process
+   forked from the node's fork server, the default;
 4. **deploy**: the default flags, torch's default threads (every core each).
 
 Per run it reads the rounds' seconds from ``metrics.json`` (the server's
@@ -18,8 +19,9 @@ clock, instruction to aggregate) and each client's training seconds from its
 own lines (``fedtext client: round N: trained on ... X s``), so the rest of a
 round is what deployment costs beyond training: process starts and imports,
 model loads, Flower's pull interval, the SecAgg+ exchanges. It also times the
-fixed cost of one ClientApp process: importing what a SecAgg+ exchange needs
-and what a train message needs. Figures go to ``docs/benchmarks/deploy.json``
+fixed cost of one ClientApp process: Flower's ``flwr-clientapp`` started cold
+and forked by a fork server, and importing what a SecAgg+ exchange and a
+train message need. Figures go to ``docs/benchmarks/deploy.json``
 and between the markers of docs/BENCHMARKS.md.
 """
 
@@ -129,10 +131,28 @@ def rounds_of(out: Path) -> dict[str, Any]:
             "final_accuracy": rounds[-1]["central"]["accuracy"] if rounds else None}
 
 
-def process_costs(repeats: int = 3) -> dict[str, float]:
-    """Seconds for a fresh process to import what each kind of ClientApp message needs."""
+def process_costs(folder: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds for a ClientApp process to start, cold and forked, and to import what each kind of message needs."""
+    from client.forkserver import LAUNCHER_NAME, start_forkserver
+
+    def median_s(cmd: list[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times), 2)
+
+    # Flower's entry point up to its argument parsing: every import a message's process pays before its work.
+    costs = {"clientapp_cold_s": median_s([str(Path(sys.executable).parent / LAUNCHER_NAME), "--help"])}
+    home = folder / "forks"  # short: a Unix socket's path is limited to 108 bytes
+    home.mkdir(parents=True, exist_ok=True)
+    server = start_forkserver(home, {**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        costs["clientapp_forked_s"] = median_s([str(server.bin_dir / LAUNCHER_NAME), "--help"])
+    finally:
+        server.stop()
     probes = {
-        "python_and_flower_s": "import flwr.app",
         "secagg_exchange_s": "import client.app, common.secagg",
         # With a warm worker the ClientApp only forwards the message.
         "worker_message_s": "import client.app, client.worker, flwr.common.serde",
@@ -140,15 +160,8 @@ def process_costs(repeats: int = 3) -> dict[str, float]:
                             "from common.config import FedTextConfig; from common.model import build_model; "
                             "build_model(FedTextConfig(), ['fresh', 'rotten'])"),
     }
-    costs = {}
     for name, code in probes.items():
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times.append(time.perf_counter() - started)
-        costs[name] = round(statistics.median(times), 2)
+        costs[name] = median_s([sys.executable, "-c", code])
     return costs
 
 
@@ -205,13 +218,16 @@ def markdown(doc: dict[str, Any]) -> str:
                       f"{statistics.mean(deployed):.1f} s deployed against {crypto['simulate']:.1f} s simulated. "
                       "Flower's SuperNode sleeps 3 s after a pull that finds no message (a constant in "
                       "flwr/supernode/start_client_internal.py) and 0.5 s between looks for the ClientApp's "
-                      "reply; `fedtext client` caps both at 0.2 s (client/supernode.py). What is left is a fresh "
-                      "ClientApp process per message (Python, Flower, the app's install and import) and the "
-                      "three processes' gRPC hops, five exchanges a round."]
+                      "reply; `fedtext client` caps both at 0.2 s (client/supernode.py). What is left is a "
+                      "ClientApp process per message (started or forked, then the app's install and import) "
+                      "and the HTTP hops between the server, the SuperLink, the SuperNode and that process, "
+                      "five exchanges a round."]
     c = doc["process_costs"]
-    lines += ["", f"- One ClientApp process, started fresh as deployment does for every message: "
-              f"Python + Flower {c['python_and_flower_s']:.1f} s; a SecAgg+ exchange (no torch) "
-              f"{c['secagg_exchange_s']:.1f} s; a train or evaluate message (torch, transformers, the model) "
+    lines += ["", f"- One ClientApp process, as deployment runs one for every message: Flower's "
+              f"`flwr-clientapp` up to its first line of work {c.get('clientapp_cold_s', float('nan')):.2f} s started cold, "
+              f"{c.get('clientapp_forked_s', float('nan')):.2f} s forked by the node's fork server (client/forkserver.py); "
+              f"importing fedtext's app for a SecAgg+ exchange (no torch) {c['secagg_exchange_s']:.1f} s "
+              f"in a fresh Python; a train or evaluate message (torch, transformers, the model) "
               f"{c['train_message_s']:.1f} s without a worker, {c.get('worker_message_s', float('nan')):.1f} s "
               "when it hands the work to the node's warm worker. A round is 5 messages per client (4 SecAgg+ "
               "exchanges, evaluation); the SuperNode pulls every 0.2 s when idle (Flower's own wait: 3 s), "
@@ -252,13 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     share = max(1, (os.cpu_count() or 1) // args.clients)
     runs = {"simulate": run_simulation(out / "simulate", pooled, test, args.clients, common)}
     print(json.dumps({"simulate": runs["simulate"]}), flush=True)
-    variants = [["--threads", str(share), "--no-worker"], ["--threads", str(share)], []]
+    variants = [["--threads", str(share), "--cold-clientapps"], ["--threads", str(share)], []]
     for flags in variants:
         name = " ".join(["deploy", *flags])
         runs[name] = run_deployment(out / name.replace(" ", "_").replace("--", ""), files, test, common, flags)
         print(json.dumps({name: runs[name]}), flush=True)
     doc = {"command": command, "finished": time.strftime("%Y-%m-%d %H:%M"), "clients": args.clients,
-           "rows": args.rows, "runs": runs, "process_costs": process_costs(),
+           "rows": args.rows, "runs": runs, "process_costs": process_costs(out),
            "summary": [summarise(n, r, runs["simulate"]) for n, r in runs.items()],
            "before": previous_summary(Path(args.docs))}
     print(f"wrote {write_report(doc, Path(args.docs))}")
