@@ -42,6 +42,9 @@ def flwr_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
+
+
 def unix_socket_path(home: Path, name: str) -> Path:
     """``home/name`` for a Unix socket, or ``name`` in a private temporary folder
     when that path is too long for one (108 bytes on Linux)."""
@@ -99,7 +102,7 @@ def start_socket_server(module: str, args: list[str], home: Path, name: str, env
 
 
 def offline_environment() -> None:
-    """This process's Hugging Face settings: nothing fetched from the hub, no progress bars.
+    """This process's settings: nothing fetched from the hub, no progress bars, no Flower telemetry.
 
     Offline, a missing file fails fast instead of retrying downloads; per-call
     progress bars (weights loaded, indices flattened) drown the round lines.
@@ -109,6 +112,7 @@ def offline_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault(TELEMETRY_ENV, "0")  # as in flower_env, for Flower code run in this process
 
 
 def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -140,6 +144,11 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         }
     )
+    # Flower posts a usage event to telemetry.flower.ai from every process it
+    # starts, each message's ClientApp process too: a data holder's node should
+    # not call out unasked, and loading the CA bundle for it cost a ClientApp
+    # process 0.3-0.9 s of CPU here. A value the user set is kept (1: send).
+    env.setdefault(TELEMETRY_ENV, "0")
     # flower-superlink spawns flower-superexec by name: find it next to Python.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The app's packages must resolve to this checkout, whoever starts Python.

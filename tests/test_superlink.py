@@ -93,3 +93,13 @@ def test_flower_processes_look_for_work_ten_times_a_second(tmp_path: Path) -> No
     from common.processes import flower_env
 
     assert flower_env(tmp_path)["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+
+
+def test_flower_processes_send_no_telemetry_unless_the_user_asked(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.processes import TELEMETRY_ENV, flower_env
+
+    monkeypatch.delenv(TELEMETRY_ENV, raising=False)
+    assert flower_env(tmp_path)[TELEMETRY_ENV] == "0"
+    monkeypatch.setenv(TELEMETRY_ENV, "1")
+    assert flower_env(tmp_path)[TELEMETRY_ENV] == "1"
