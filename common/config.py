@@ -344,6 +344,9 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
             return wanted(value)
         except ValueError:
             pass
+    # KEY=VALUE command lines (the benchmarks, tuning spaces) spell booleans as TOML does.
+    if isinstance(value, str) and wanted is bool and value in ("true", "false"):
+        return value == "true"
     if not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool):
         raise ConfigError(
             f"config key '{key}': expected {wanted.__name__}, got {value!r}"

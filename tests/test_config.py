@@ -31,6 +31,11 @@ def test_from_mapping_coerces_int_to_float_and_numeric_strings() -> None:
     assert cfg.max_length == 48 and isinstance(cfg.max_length, int)
 
 
+def test_from_mapping_reads_toml_spelled_booleans_from_key_value_lines() -> None:
+    assert FedTextConfig.from_mapping({"secagg": "false"}).secagg is False
+    assert FedTextConfig.from_mapping({"secagg": "true"}).secagg is True
+
+
 def test_from_mapping_rejects_unknown_key() -> None:
     with pytest.raises(ConfigError, match="'learning-rate'"):
         FedTextConfig.from_mapping({"learning-rate": 0.1})
@@ -46,6 +51,8 @@ def test_from_mapping_rejects_unknown_key() -> None:
         ("lr", [0.1]),
         ("model", None),
         ("local-epochs", False),
+        ("secagg", "no"),
+        ("secagg", "False"),
     ],
 )
 def test_from_mapping_rejects_wrong_type_naming_key(key: str, value: object) -> None:
