@@ -256,8 +256,9 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         stranger = tracker.add(Fedtext("stranger", [*client_args(
             d, port, d["stranger"] / "clients" / "client-1.key", d["data2"], "h-stranger"),
             # Long enough for one retry after the first refusal even when starting its
-            # SuperNode takes half a minute (CI, with three clients training beside it).
-            "--join-timeout", "90"], root))
+            # SuperNode takes half a minute (CI, with three clients training beside it),
+            # and short enough not to outlast the federation by a minute.
+            "--join-timeout", "60"], root))
 
         # 6. A plaintext client cannot join the TLS server (it keeps retrying).
         plain = tracker.add(Fedtext("plain", ["client", "--insecure", "--server", f"127.0.0.1:{port}",
@@ -285,7 +286,7 @@ def test_federation_over_tls_with_node_auth(deployment: dict[str, Path]) -> None
         said = [ln for ln in stranger.stderr().splitlines() if ln.startswith("fedtext client:")]
         assert said[0].startswith("fedtext client: the server refused this SuperNode's key; retrying in 5 s"), said
         assert re.match(r"fedtext client: (SuperNode exited with code 305: the server refused"
-                        r"|could not reach the server at .* within --join-timeout 90 s)", said[-1]), said
+                        r"|could not reach the server at .* within --join-timeout 60 s)", said[-1]), said
 
         # 8. The federation completes with A, B and D, every round securely aggregated.
         assert server.wait(600) == 0, server.stdout() + server.stderr()
