@@ -144,24 +144,27 @@ def _same_user(conn: socket.socket) -> bool:
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """One request and its 3 file descriptors; on any malformed request, the descriptors are closed."""
     data, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 3)
-    if len(data) < _HEADER.size or len(fds) != 3:
+    try:
+        if len(data) < _HEADER.size or len(fds) != 3:
+            raise ValueError(f"expected a length, a JSON request and 3 file descriptors, got {len(data)} bytes "
+                             f"and {len(fds)} descriptors")
+        (length,) = _HEADER.unpack(data[: _HEADER.size])
+        body = data[_HEADER.size:]
+        while len(body) < length:
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                break
+            body += chunk
+        request = json.loads(body[:length])
+        if not isinstance(request, dict) or not isinstance(request.get("argv"), list) \
+                or not isinstance(request.get("env"), dict):
+            raise ValueError("expected a request with 'argv' (a list) and 'env' (an object)")
+    except BaseException:
         for fd in fds:
             os.close(fd)
-        raise ValueError(f"expected a length, a JSON request and 3 file descriptors, got {len(data)} bytes "
-                         f"and {len(fds)} descriptors")
-    (length,) = _HEADER.unpack(data[: _HEADER.size])
-    body = data[_HEADER.size:]
-    while len(body) < length:
-        chunk = conn.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    request = json.loads(body[:length])
-    if not isinstance(request.get("argv"), list) or not isinstance(request.get("env"), dict):
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("expected a request with 'argv' (a list) and 'env' (an object)")
+        raise
     return request, list(fds)
 
 

@@ -57,6 +57,22 @@ def test_the_launcher_runs_flowers_clientapp_in_a_forked_child_with_its_exit_sta
     assert "exit 0 after" in log and "exit 2 after" in log
 
 
+def test_a_malformed_request_is_refused_and_the_server_goes_on(flower_forks: Path) -> None:
+    import socket
+    import struct
+
+    path = flower_forks.parents[1] / "forkserver.sock"
+    for body in (b"[1, 2]", b"not json", b'{"argv": "x", "env": {}}'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(str(path))
+            socket.send_fds(conn, [struct.pack("!I", len(body)) + body], [0, 1, 2])
+            assert conn.recv(100) == b""  # closed without a child
+    done = subprocess.run([str(flower_forks), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage: flwr-clientapp" in done.stdout
+    log = (flower_forks.parents[1] / "forkserver.log").read_text()
+    assert log.count("request refused") == 3
+
+
 # The child runs this instead of Flower's entry point: it reports what a
 # ClientApp process would start from.
 PROBE_SERVER = textwrap.dedent("""
