@@ -23,6 +23,10 @@ round up for a minute. The node declares its interval itself and Flower's
 SuperLink accepts 10 to 1800 s, so a shorter one is the node's own choice,
 paid with a small request every few seconds.
 
+Its ClientApps get the message's objects as soon as they land instead of
+after Flower's 1 s back-off (``common/object_pulls.py``): the SuperNode lets
+its ClientApp start while it is still pulling the objects from the SuperLink.
+
 If Flower's modules no longer have this shape (a later Flower), nothing is
 changed and the SuperNode runs with Flower's own waits and heartbeat.
 """
@@ -91,6 +95,17 @@ def set_heartbeat(interval: float) -> bool:
     return True
 
 
+def hold_object_pulls() -> bool:
+    """Answer the ClientApp's pull of an object still on its way when it lands; False where Flower has changed shape."""
+    from common.object_pulls import hold_pulls_in_transit
+
+    try:
+        from flwr.supernode.servicer.runtime import runtime_handlers
+    except ImportError:
+        return False
+    return hold_pulls_in_transit(runtime_handlers)
+
+
 def seconds_from_env(name: str, default: float, low: float, high: float,
                      environ: Mapping[str, str] = os.environ) -> float:
     """Seconds from the variable ``name`` (``default`` when unset), within [low, high]."""
@@ -122,6 +137,8 @@ def main() -> int | None:
         return 2
     if not cap_idle_waits(cap):
         log.warning("this Flower's SuperNode loop has another shape: running it with its own waits")
+    if not hold_object_pulls():
+        log.warning("this Flower's SuperNode has no object pull handler: its ClientApps back off as Flower's do")
     if interval != DEFAULT_HEARTBEAT_S and not set_heartbeat(interval):
         log.warning("this Flower's SuperNode heartbeat has another shape: it beats every %.0f s",
                     DEFAULT_HEARTBEAT_S)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,9 @@ class LocalSuperLink:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         cmd = [
-            flwr_bin("flower-superlink"),
+            # Flower's flower-superlink, holding pulls of objects in transit
+            # (server/superlink_process.py).
+            sys.executable, "-m", "server.superlink_process",
             "--host", self.host,
             "--port", str(self.port),
             "--health-server-address", f"127.0.0.1:{free_port()}",

@@ -364,7 +364,7 @@ def test_server_stops_everything_on_sigterm(tmp_path: Path, rt_rows: list[dict[s
         warning = [ln for ln in server.stderr().splitlines() if "--insecure" in ln]
         assert len(warning) == 1 and "warning" in warning[0]
         tracker.scan()
-        assert any("flower-superlink" in _cmdline(pid) for pid in tracker.seen)
+        assert any("server.superlink_process" in _cmdline(pid) for pid in tracker.seen)
         # A client that joined, with a short --server-timeout, gives up with one
         # line once the server is gone.
         # --no-worker: every message would go to Flower's fresh ClientApp process
