@@ -247,6 +247,14 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """A process's arguments joined by spaces, from /proc ("" when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def is_alive(pid: int) -> bool:
     # Zombies count as dead: where PID 1 does not reap orphans they linger.
     stat = _proc_stat(pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -49,10 +50,13 @@ def test_the_apps_import_nothing_of_fedtext_outside_the_staged_packages() -> Non
 
 
 class _Link:
-    """Stands in for a LocalSuperLink: only the run's status, which Flower keeps."""
+    """Stands in for a LocalSuperLink: only the run's status, which Flower keeps, and its app's liveness."""
 
-    def __init__(self, status: str) -> None:
-        self.status, self.asked = status, 0
+    def __init__(self, status: str, app_alive: bool = False) -> None:
+        self.status, self.asked, self.alive = status, 0, app_alive
+
+    def app_alive(self) -> bool:
+        return self.alive
 
     def run_status(self, run_id: int) -> tuple[str, str]:
         self.asked += 1
@@ -87,6 +91,47 @@ def test_a_run_whose_app_recorded_nothing_ends_with_flowers_status(
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"status": "completed", "rounds": []}))
     assert follow_run(_Link("finished:completed"), 1, metrics, print) == ("finished:completed", "details from Flower")
+
+
+def test_flower_is_not_asked_while_the_apps_process_is_alive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each `flwr ls` costs 2-3 CPU-seconds, taken from the clients' training.
+    monkeypatch.setattr(superlink_module, "POLL_S", 0.0)
+    monkeypatch.setattr(superlink_module, "STATUS_EVERY", 0.0)
+    metrics = tmp_path / "metrics.json"
+    link = _Link("running", app_alive=True)
+
+    def next_round(entry: dict) -> None:  # the app records the next round once this one was seen
+        n = entry["round"] + 1
+        status = "completed" if n == 5 else "running"
+        metrics.write_text(json.dumps({"status": status, "clients_told": 1,
+                                       "rounds": [{"round": r} for r in range(n + 1)]}))
+
+    metrics.write_text(json.dumps({"status": "running", "rounds": [{"round": 0}]}))
+    assert follow_run(link, 1, metrics, next_round) == ("finished:completed", "")
+    assert link.asked == 0
+
+
+def test_the_superlinks_app_is_found_among_its_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from server.superlink import LocalSuperLink
+
+    link = LocalSuperLink(tmp_path)
+    assert not link.app_alive()  # not started
+    # A process tree like Flower's: SuperLink > SuperExec > flwr-serverapp.
+    tree = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import subprocess, sys; subprocess.run([sys.executable, \"-c\", \"import time; time.sleep(60)\", "
+            "\"flwr-serverapp\"])'])")
+    link.process = subprocess.Popen([sys.executable, "-c", tree])
+    try:
+        deadline = time.monotonic() + 30
+        while not link.app_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert link.app_alive()
+    finally:
+        superlink_module.stop_process_group(link.process, grace=2)
+    assert not link.app_alive()
 
 
 def test_flower_processes_look_for_work_ten_times_a_second(tmp_path: Path) -> None:

@@ -167,7 +167,9 @@ class FederationRunner:
                     self.queue.verdict(number, entry["round"], go_on=True)
             if time.monotonic() - last_check > 30:  # the run itself may have died
                 last_check = time.monotonic()
-                state, details = self.superlink.run_status(self.run_id)
+                # Flower is asked only when the study's app process is gone (a `flwr ls` costs CPU-seconds).
+                state, details = ("running", "") if self.superlink.app_alive() \
+                    else self.superlink.run_status(self.run_id)
                 if state.startswith("finished"):
                     raise FedTextError(f"the study's Flower run ended ({state} {details}); see {self.home}")
             time.sleep(0.1)
