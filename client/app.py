@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 
 from client.journal import note
 from client.secagg_mod import secagg_mod
-from common.messages import ARRAYS, RUN_END, SECAGG, parse_run_end_notice, record_bytes
+from common.messages import ARRAYS, RUN_END, SECAGG, packed, parse_run_end_notice, record_bytes
 
 app = ClientApp()
 log = logging.getLogger("fedtext.client")
@@ -26,7 +26,8 @@ log = logging.getLogger("fedtext.client")
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune the received global model on local data; reply with the update."""
     reply = _carry_out("train", msg.content, context)
-    if SECAGG not in msg.content.config_records:  # else secagg_mod notes the masked upload
+    if SECAGG not in msg.content.config_records:  # else secagg_mod masks it, and notes the masked upload
+        reply.array_records[ARRAYS] = packed(reply.array_records[ARRAYS])
         note(context, "sent", bytes=record_bytes(reply.array_records[ARRAYS]), masked=False)
     return Message(reply, reply_to=msg)
 

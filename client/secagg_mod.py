@@ -53,6 +53,7 @@ from common.messages import (
     NUM_EXAMPLES,
     PLACEMENT,
     SECAGG,
+    array_names,
     from_array_record,
 )
 from common.messages import SECAGG_MASKED as MASKED
@@ -109,7 +110,7 @@ def _train_and_mask(
     placement = trained.content.config_records.get(PLACEMENT)
     # The update is flattened in the order of the instruction's arrays, which is
     # the order the server unflattens the aggregate in.
-    order = list(msg.content.array_records[ARRAYS].keys())
+    order = array_names(msg.content.array_records[ARRAYS])
     flat = np.concatenate([update[name].ravel() for name in order]).astype(np.float32, copy=False)
     del update, trained
     floor = int(msg.content.config_records[CONFIG].get(DP_NOISE_FLOOR, 0)) if CONFIG in msg.content.config_records else 0

@@ -45,6 +45,7 @@ from common.messages import (
     RUN_END,
     from_array_record,
     instruction_config,
+    pack_instructions,
     parse_evaluate_reply,
     record_bytes,
     run_end_notice,
@@ -133,9 +134,9 @@ def run_federation(
             log.warning("%s; the run stops here", stopped)
             break
         started = time.perf_counter()
-        instructions = list(
+        instructions = pack_instructions(list(
             strategy.configure_train(server_round, arrays, instruction_config(server_round, labels, trial), grid)
-        )
+        ))
         privacy.prepare(instructions)
         update = privacy.finish(aggregation.collect(grid, instructions, from_array_record(arrays), timeout))
         if update.empty:
@@ -226,9 +227,9 @@ def evaluate_on_clients(
         ``{"evaluate": metrics, "evaluated": n}`` (empty when nobody was asked)
         and the bytes sent.
     """
-    instructions: list[Message] = list(
+    instructions: list[Message] = pack_instructions(list(
         strategy.configure_evaluate(server_round, arrays, instruction_config(server_round, labels, trial), grid)
-    )
+    ))
     if not instructions:
         return {}, 0
     sent = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)

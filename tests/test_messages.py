@@ -6,12 +6,15 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.messages import (
+    array_names,
     evaluate_reply,
     from_array_record,
     instruction_config,
+    pack_instructions,
+    packed,
     parse_evaluate_reply,
     parse_instruction,
     parse_train_reply,
@@ -50,6 +53,51 @@ def test_array_record_round_trip_keeps_order_values_and_size() -> None:
         np.testing.assert_array_equal(back[k], arrays[k])
     # float32 payload plus one .npy header (128 bytes) per array, as serialized.
     assert 4 * 9 <= record_bytes(record) <= 4 * 9 + 2 * 128
+
+
+def test_packed_arrays_travel_as_two_and_read_back_the_same() -> None:
+    # Flower sends each array as its own object: one request per array on every hop.
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4).T, "steps": np.array(7, dtype=np.int64),
+              "half": np.linspace(0, 1, 5).astype(np.float16), "empty": np.zeros((0, 3), np.float32),
+              "a.bias": np.ones(3, np.float32)}
+    record = packed(to_array_record(arrays))
+    assert len(record) == 2
+    assert array_names(record) == list(arrays) == array_names(to_array_record(arrays))
+    back = from_array_record(record)
+    assert list(back) == list(arrays)
+    for name, value in from_array_record(to_array_record(arrays)).items():  # as they travel unpacked
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name], value)
+    back["w"][0, 0] = 99.0  # writable, and not a view of the record
+    assert from_array_record(record)["w"][0, 0] == 0.0
+    assert abs(record_bytes(record) - record_bytes(to_array_record(arrays))) < 5 * 128
+    assert from_array_record(packed(ArrayRecord())) == {}
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_instructions_sharing_arrays_share_one_packed_record() -> None:
+    shared = to_array_record(_update())
+    messages = [Message(RecordDict({"arrays": shared, "config": instruction_config(1, ["a", "b"])}),
+                        dst_node_id=node, message_type="train") for node in (1, 2)]
+    messages.append(Message(RecordDict({"config": instruction_config(1, ["a", "b"])}), dst_node_id=3,
+                            message_type="train"))
+    pack_instructions(messages)
+    first, second = (m.content.array_records["arrays"] for m in messages[:2])
+    assert first is second and len(first) == 2
+    assert "arrays" not in messages[2].content.array_records
+    parsed = parse_instruction(messages[0].content)
+    for name, value in _update().items():
+        np.testing.assert_array_equal(parsed.arrays[name], value)
+
+
+@pytest.mark.parametrize("layout", [b"not json", b'[["w", "<f4", [100]]]', b'[["w", "<f4"]]', b"7",
+                                    b'[["w", "<f4", [1]]]', b'[["w", "<q9", [2]]]'])
+def test_a_packed_record_that_its_layout_does_not_describe_is_refused(layout: bytes) -> None:
+    record = packed(to_array_record({"w": np.zeros(2, np.float32)}))
+    record["layout"] = Array(np.frombuffer(layout, dtype=np.uint8))
+    content = train_reply(_update(), 40, 0.7, 5, 1.5)
+    content["arrays"] = record
+    _one_line_error(lambda: parse_train_reply(content, EXPECTED), "arrays", "'layout'")
 
 
 # --- instructions -------------------------------------------------------------------

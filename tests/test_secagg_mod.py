@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from client.secagg_mod import secagg_mod
 from common.config import FedTextConfig, secagg_params
-from common.messages import ARRAYS, METRICS, NUM_EXAMPLES, SECAGG, SECAGG_MASKED, train_reply
+from common.messages import ARRAYS, METRICS, NUM_EXAMPLES, SECAGG, SECAGG_MASKED, packed, train_reply
 from common.secagg import SecAggError, SecAggServer, quantization_error_bound
 from tests.conftest import received_message
 
@@ -38,8 +38,8 @@ def _handler(msg: Message, context: Context) -> Message:
 
 def _message(node: int, request: dict[str, Any], stage: int) -> Message:
     content = RecordDict({SECAGG: ConfigRecord(dict(request))})
-    if stage == 2:  # the train instruction rides on stage 2
-        content[ARRAYS] = ArrayRecord({"w": Array(np.zeros(6, dtype=np.float32))})
+    if stage == 2:  # the train instruction rides on stage 2, its arrays packed as the server sends them
+        content[ARRAYS] = packed(ArrayRecord({"w": Array(np.zeros(6, dtype=np.float32))}))
     return received_message(content, MessageType.TRAIN, dst_node_id=node)
 
 
