@@ -15,8 +15,8 @@ it, and slept 3 s in every train and evaluate message (docs/BENCHMARKS.md).
 lands (looking every :data:`LOOK_S`, at most :data:`HOLD_S`), then answer: the
 puller gets the object on its first try, and its own back-off remains for an
 object that takes longer. Each held pull occupies one of the web server's
-worker threads, so at most :data:`MAX_HELD` are held at once; beyond that a
-pull is answered at once, as Flower does.
+worker threads, so at most :data:`MAX_HELD` are held at once in a process
+(over all its handlers); beyond that a pull is answered at once, as Flower does.
 
 This module knows only the shape of Flower's handler (a module-level
 ``pull_object`` returning a response with ``object_found`` and
@@ -37,12 +37,14 @@ LOOK_S = 0.02
 # Flower's pullers run 2 requests at a time each (FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS);
 # the web server's thread pool (anyio's default: 40) also serves pushes and heartbeats.
 MAX_HELD = 16
+_HELD = threading.BoundedSemaphore(MAX_HELD)  # shared by every handler this process holds
 
 
 def hold_pulls_in_transit(handlers: ModuleType, hold_s: float = HOLD_S, look_s: float = LOOK_S,
-                          max_held: int = MAX_HELD) -> bool:
+                          slots: threading.BoundedSemaphore = _HELD) -> bool:
     """Replace ``handlers.pull_object`` with one that waits for an object in transit.
 
+    ``slots`` bounds how many pulls are held at once (the process's :data:`MAX_HELD`).
     Returns False, changing nothing, where the module has no ``pull_object``
     (a later Flower); True once it is in place (also when it already was).
     """
@@ -51,7 +53,6 @@ def hold_pulls_in_transit(handlers: ModuleType, hold_s: float = HOLD_S, look_s: 
         return False
     if getattr(original, "holds_in_transit", False):
         return True
-    slots = threading.BoundedSemaphore(max_held)
 
     @functools.wraps(original)
     def pull_object(*args: Any, **kwargs: Any) -> Any:

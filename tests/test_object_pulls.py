@@ -49,7 +49,7 @@ def relay(hold_s: float = 5.0, max_held: int = 16) -> types.ModuleType:
     """A module holding Flower's own SuperNode pull handler, made to hold."""
     handlers = types.ModuleType("handlers")
     handlers.pull_object = runtime_handlers.pull_object
-    assert hold_pulls_in_transit(handlers, hold_s=hold_s, max_held=max_held)
+    assert hold_pulls_in_transit(handlers, hold_s=hold_s, slots=threading.BoundedSemaphore(max_held))
     return handlers
 
 
