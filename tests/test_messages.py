@@ -84,20 +84,41 @@ def test_instructions_sharing_arrays_share_one_packed_record() -> None:
     pack_instructions(messages)
     first, second = (m.content.array_records["arrays"] for m in messages[:2])
     assert first is second and len(first) == 2
+    # Flower's FedAvg gives every instruction the same content: packed once, not once per node.
+    content = RecordDict({"arrays": to_array_record(_update()), "config": instruction_config(1, ["a", "b"])})
+    same = [Message(content, dst_node_id=node, message_type="train") for node in (1, 2, 3)]
+    pack_instructions(same)
+    assert len(content["arrays"]) == 2 and array_names(content["arrays"]) == list(_update())
     assert "arrays" not in messages[2].content.array_records
     parsed = parse_instruction(messages[0].content)
     for name, value in _update().items():
         np.testing.assert_array_equal(parsed.arrays[name], value)
 
 
-@pytest.mark.parametrize("layout", [b"not json", b'[["w", "<f4", [100]]]', b'[["w", "<f4"]]', b"7",
-                                    b'[["w", "<f4", [1]]]', b'[["w", "<q9", [2]]]'])
+@pytest.mark.parametrize("layout", [
+    b"not json", b"\xff\xfe", b"[" * 100_000, b"7", b'{"w": 1}', b'[["w", "<f4"]]', b'[[1, "<f4", [2]]]',
+    b'[["w", "<f4", [100]]]', b'[["w", "<f4", [1]]]', b'[["w", "<q9", [2]]]', b'[["w", "<U1", [2]]]',
+    b'[["w", "f4,f4", [1]]]', b'[["w", "V4", [2]]]', b'[["w", "<f4", [1180591620717411303424]]]',
+    b'[["w", "<f4", [-1]]]', b'[["w", "<f4", [2.0]]]', b'[["w", "<f4", [true, 2]]]',
+    # Negative sizes used to move the reader backwards and copy the buffer again and again.
+    b'[["a", "|u1", [6]], ["b", "|u1", [-1]], ["c", "|u1", [1]]]',
+    b'[["w", "<f4", [1]], ["w", "<f4", [1]]]',
+])
 def test_a_packed_record_that_its_layout_does_not_describe_is_refused(layout: bytes) -> None:
     record = packed(to_array_record({"w": np.zeros(2, np.float32)}))
     record["layout"] = Array(np.frombuffer(layout, dtype=np.uint8))
     content = train_reply(_update(), 40, 0.7, 5, 1.5)
     content["arrays"] = record
     _one_line_error(lambda: parse_train_reply(content, EXPECTED), "arrays", "'layout'")
+
+
+@pytest.mark.parametrize("data", [np.zeros(2, np.float32), np.zeros((2, 4), np.uint8)])
+def test_packed_bytes_that_are_not_a_flat_byte_array_are_refused(data: np.ndarray) -> None:
+    record = packed(to_array_record({"w": np.zeros(2, np.float32)}))
+    record["packed"] = Array(data)
+    content = train_reply(_update(), 40, 0.7, 5, 1.5)
+    content["arrays"] = record
+    _one_line_error(lambda: parse_train_reply(content, EXPECTED), "arrays", "'packed'", "flat uint8")
 
 
 # --- instructions -------------------------------------------------------------------
