@@ -280,11 +280,12 @@ def follow_run(
     over when the ServerApp has recorded its outcome and told the clients
     (``clients_told``): what Flower does after that (shutting the simulation's
     Ray down) is not waited for. A ServerApp that died without recording
-    anything is caught by the run's status: every :data:`STATUS_EVERY` seconds,
-    unless the app's process is still alive (then nothing can be over), a
-    ``flwr ls`` process asks Flower.
+    anything is caught by the run's status, which a ``flwr ls`` process asks
+    Flower for (2-3 CPU-seconds of imports): every :data:`STATUS_EVERY` seconds
+    once the app's process is gone, and every :data:`ALIVE_STATUS_EVERY`
+    seconds while it lives (a hung app that Flower has already failed).
     """
-    shown, last_check = 0, time.monotonic()
+    shown, last_check, last_asked = 0, time.monotonic(), time.monotonic()
     while True:
         doc = _read_metrics(metrics)
         shown = _new_rounds(doc, shown, on_round)
@@ -293,11 +294,13 @@ def follow_run(
             return outcome
         if time.monotonic() - last_check >= STATUS_EVERY:
             last_check = time.monotonic()
-            status, details = ("running", "") if superlink.app_alive() else superlink.run_status(run_id)
-            if status.startswith("finished"):
-                doc = _read_metrics(metrics)
-                _new_rounds(doc, shown, on_round)
-                return _app_outcome(doc) or (status, details)
+            if not superlink.app_alive() or last_check - last_asked >= ALIVE_STATUS_EVERY:
+                last_asked = last_check
+                status, details = superlink.run_status(run_id)
+                if status.startswith("finished"):
+                    doc = _read_metrics(metrics)
+                    _new_rounds(doc, shown, on_round)
+                    return _app_outcome(doc) or (status, details)
         time.sleep(POLL_S)
 
 
@@ -306,7 +309,8 @@ def echo_rounds(echo: Callable[[str], None], rounds: int) -> Callable[[dict[str,
     return lambda entry: echo(progress_line(entry, rounds))
 
 
-STATUS_EVERY = 5.0
+STATUS_EVERY = 15.0
+ALIVE_STATUS_EVERY = 120.0
 POLL_S = 0.5
 
 

@@ -109,6 +109,11 @@ def test_flower_is_not_asked_while_the_apps_process_is_alive(tmp_path: Path, mon
     metrics.write_text(json.dumps({"status": "running", "rounds": [{"round": 0}]}))
     assert follow_run(link, 1, metrics, next_round) == ("finished:completed", "")
     assert link.asked == 0
+    # An app process that lives on (hung) after Flower failed its run is still asked about, less often.
+    monkeypatch.setattr(superlink_module, "ALIVE_STATUS_EVERY", 0.0)
+    metrics.write_text(json.dumps({"status": "running", "rounds": [{"round": 0}]}))
+    hung = _Link("finished:failed", app_alive=True)
+    assert follow_run(hung, 1, metrics, print) == ("finished:failed", "details from Flower")
 
 
 def test_the_superlinks_app_is_found_among_its_processes(tmp_path: Path) -> None:
