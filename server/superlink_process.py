@@ -18,6 +18,7 @@ nothing is changed.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 log = logging.getLogger("fedtext.server")
@@ -41,8 +42,12 @@ def hold_object_pulls() -> bool:
 def main() -> int | None:
     if not hold_object_pulls():
         log.warning("this Flower's SuperLink has other pull handlers: pulls back off as Flower's do")
-    from flwr.superlink.cli import flower_superlink
+    try:
+        from flwr.superlink.cli import flower_superlink
+    except ImportError:  # a later Flower moved its entry point: run its script, unchanged
+        from common.processes import flwr_bin
 
+        os.execvp(flwr_bin("flower-superlink"), ["flower-superlink", *sys.argv[1:]])
     sys.argv[0] = "flower-superlink"
     return flower_superlink()
 
