@@ -142,10 +142,9 @@ def main() -> int | None:
     if interval != DEFAULT_HEARTBEAT_S and not set_heartbeat(interval):
         log.warning("this Flower's SuperNode heartbeat has another shape: it beats every %.0f s",
                     DEFAULT_HEARTBEAT_S)
-    from flwr.supernode.cli import flower_supernode
+    from common.processes import run_flower_entry
 
-    sys.argv[0] = "flower-supernode"
-    return flower_supernode()
+    return run_flower_entry("flwr.supernode.cli", "flower_supernode", "flower-supernode")
 
 
 if __name__ == "__main__":

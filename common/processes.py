@@ -42,6 +42,24 @@ def flwr_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def run_flower_entry(module: str, function: str, script: str) -> int | None:
+    """Run Flower's console entry point ``module:function`` in this process, as its ``script`` would.
+
+    For fedtext's wrappers of Flower's processes (``server/superlink_process.py``,
+    ``client/supernode.py``), which adjust Flower's modules first. Where a
+    later Flower has moved the entry point, its ``script`` replaces this
+    process instead, unadjusted but working.
+    """
+    import importlib
+
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        os.execvp(flwr_bin(script), [script, *sys.argv[1:]])
+    sys.argv[0] = script
+    return entry()
+
+
 TELEMETRY_ENV = "FLWR_TELEMETRY_ENABLED"
 
 

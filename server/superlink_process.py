@@ -18,7 +18,6 @@ nothing is changed.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 log = logging.getLogger("fedtext.server")
@@ -42,14 +41,9 @@ def hold_object_pulls() -> bool:
 def main() -> int | None:
     if not hold_object_pulls():
         log.warning("this Flower's SuperLink has other pull handlers: pulls back off as Flower's do")
-    try:
-        from flwr.superlink.cli import flower_superlink
-    except ImportError:  # a later Flower moved its entry point: run its script, unchanged
-        from common.processes import flwr_bin
+    from common.processes import run_flower_entry
 
-        os.execvp(flwr_bin("flower-superlink"), ["flower-superlink", *sys.argv[1:]])
-    sys.argv[0] = "flower-superlink"
-    return flower_superlink()
+    return run_flower_entry("flwr.superlink.cli", "flower_superlink", "flower-superlink")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from flwr.supernode.servicer.runtime import runtime_handlers
 from common.object_pulls import hold_pulls_in_transit
 
 RUN = 7
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -119,5 +121,17 @@ def test_the_superlink_module_runs_flowers_entry_point() -> None:
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "server.superlink_process", "--help"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "flower-superlink" in proc.stdout
+
+
+def test_a_moved_flower_entry_point_runs_flowers_script_instead() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['superlink_process', '--help']\n"
+            "from common.processes import run_flower_entry\n"
+            "run_flower_entry('flwr.moved_in_a_later_flower', 'flower_superlink', 'flower-superlink')\n"
+            "print('not replaced')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "flower-superlink" in proc.stdout and "not replaced" not in proc.stdout
