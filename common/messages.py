@@ -38,8 +38,9 @@ end of run             message type ``query.run_end``, to every connected node
 Frozen parameters never travel: both sides build the same frozen model
 (``common.model``). Instructions' arrays, and a train reply's in the clear,
 travel :func:`packed` (two arrays: the layout and the bytes; Flower sends
-each array as its own object); :func:`from_array_record` reads either form. Replies are untrusted input from a peer: the ``parse_*``
-functions check them and raise ``ValueError`` with one line naming the field.
+each array as its own object); :func:`from_array_record` reads either form.
+Replies are untrusted input from a peer: the ``parse_*`` functions check them
+and raise ``ValueError`` with one line naming the field.
 """
 
 from __future__ import annotations

@@ -280,28 +280,48 @@ def follow_run(
     over when the ServerApp has recorded its outcome and told the clients
     (``clients_told``): what Flower does after that (shutting the simulation's
     Ray down) is not waited for. A ServerApp that died without recording
-    anything is caught by the run's status, which a ``flwr ls`` process asks
-    Flower for (2-3 CPU-seconds of imports): every :data:`STATUS_EVERY` seconds
-    once the app's process is gone, and every :data:`ALIVE_STATUS_EVERY`
-    seconds while it lives (a hung app that Flower has already failed).
+    anything is caught by the run's status (:class:`RunWatch`).
     """
-    shown, last_check, last_asked = 0, time.monotonic(), time.monotonic()
+    shown, watch = 0, RunWatch(superlink, run_id)
     while True:
         doc = _read_metrics(metrics)
         shown = _new_rounds(doc, shown, on_round)
         outcome = _app_outcome(doc)
         if outcome is not None:
             return outcome
-        if time.monotonic() - last_check >= STATUS_EVERY:
-            last_check = time.monotonic()
-            if not superlink.app_alive() or last_check - last_asked >= ALIVE_STATUS_EVERY:
-                last_asked = last_check
-                status, details = superlink.run_status(run_id)
-                if status.startswith("finished"):
-                    doc = _read_metrics(metrics)
-                    _new_rounds(doc, shown, on_round)
-                    return _app_outcome(doc) or (status, details)
+        if (finished := watch.finished()) is not None:
+            doc = _read_metrics(metrics)
+            _new_rounds(doc, shown, on_round)
+            return _app_outcome(doc) or finished
         time.sleep(POLL_S)
+
+
+class RunWatch:
+    """Whether Flower has finished a run, asked only when it is due.
+
+    Asking costs a ``flwr ls`` process (2-3 CPU-seconds of imports, taken from
+    the clients' training on a small machine). Every ``every`` seconds
+    (:data:`STATUS_EVERY` by default) the watch looks: it asks Flower when the
+    app's process is gone, and at most every :data:`ALIVE_STATUS_EVERY`
+    seconds while it lives (a hung app whose run Flower has already failed).
+    """
+
+    def __init__(self, superlink: LocalSuperLink, run_id: int, every: float | None = None) -> None:
+        self.superlink, self.run_id = superlink, run_id
+        self.every = STATUS_EVERY if every is None else every
+        self.last_look = self.last_asked = time.monotonic()
+
+    def finished(self) -> tuple[str, str] | None:
+        """Flower's (status, details) once the run has finished; None while it runs or when not due."""
+        now = time.monotonic()
+        if now - self.last_look < self.every:
+            return None
+        self.last_look = now
+        if self.superlink.app_alive() and now - self.last_asked < ALIVE_STATUS_EVERY:
+            return None
+        self.last_asked = now
+        status, details = self.superlink.run_status(self.run_id)
+        return (status, details) if status.startswith("finished") else None
 
 
 def echo_rounds(echo: Callable[[str], None], rounds: int) -> Callable[[dict[str, Any]], None]:

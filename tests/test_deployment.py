@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from common.processes import descendants, free_port, is_alive
+from common.processes import command_line, descendants, free_port, is_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-hidden-layers", "1", "--max-length", "32", "--batch-size", "8", "--local-steps", "2",
@@ -142,10 +142,7 @@ class Tracker:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
-    except OSError:
-        return "?"
+    return command_line(pid)[:160] or "?"
 
 
 def assert_nothing_left(tracker: Tracker, timeout: float = 30.0) -> None:

@@ -144,7 +144,7 @@ class FederationRunner:
     def run(self, number: int, params: dict[str, Any], cfg: FedTextConfig, metric: str,
             report: Callable[[int, float], None]) -> TrialRun:
         """Queue trial ``number`` and follow it; ``report(round, value)`` may raise :class:`StopTrial`."""
-        from server.superlink import ALIVE_STATUS_EVERY
+        from server.superlink import RunWatch
 
         run = TrialRun()
         out = Path(cfg.out)
@@ -154,7 +154,7 @@ class FederationRunner:
         started = time.perf_counter()
         self.queue.put(number, params, str(out))
         on_round = _round_callback(run, metric, report)
-        shown, last_check, last_asked = 0, time.monotonic(), time.monotonic()
+        shown, watch = 0, RunWatch(self.superlink, self.run_id, every=30.0)  # the run itself may have died
         while (status := self.queue.result(number)) is None:
             rounds = _rounds(metrics)
             for entry in rounds[shown:]:
@@ -167,15 +167,9 @@ class FederationRunner:
                     self.queue.verdict(number, entry["round"], go_on=False)
                 else:
                     self.queue.verdict(number, entry["round"], go_on=True)
-            if time.monotonic() - last_check > 30:  # the run itself may have died
-                last_check = time.monotonic()
-                # A `flwr ls` costs CPU-seconds: asked while the study's app lives only now and then.
-                alive = self.superlink.app_alive() and last_check - last_asked < ALIVE_STATUS_EVERY
-                if not alive:
-                    last_asked = last_check
-                state, details = ("running", "") if alive else self.superlink.run_status(self.run_id)
-                if state.startswith("finished"):
-                    raise FedTextError(f"the study's Flower run ended ({state} {details}); see {self.home}")
+            if (finished := watch.finished()) is not None:
+                state, details = finished
+                raise FedTextError(f"the study's Flower run ended ({state} {details}); see {self.home}")
             time.sleep(0.1)
         run.status = status.split(":", 1)[0]
         run.reason = status.split(":", 1)[1].strip() if ":" in status else ""
