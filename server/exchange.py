@@ -1,7 +1,8 @@
 """Send instructions to nodes and collect their replies, without idle seconds.
 
-Every message the server sends goes through :func:`exchange`: the round's
-train instructions, each SecAgg+ stage, the evaluation, the end-of-run notice.
+Every message the server sends goes through :func:`send` (:func:`exchange`
+when it waits for the replies at once): the round's train instructions, each
+SecAgg+ stage, the evaluation, the end-of-run notice.
 
 Flower's ``Grid.send_and_receive`` pushes the messages and then pulls the
 replies at an interval fixed by the grid: 0.1 s in a simulation, but 3 s on
@@ -52,14 +53,36 @@ def replies_as_they_arrive(grid: Grid, messages: Iterable[Message], timeout: flo
     For replies too large to hold all at once (SecAgg+'s masked vectors, one
     update each): the caller folds each into a running result and lets it go.
     """
-    waiting = set(grid.push_messages(messages))
-    end = None if timeout is None else time.monotonic() + timeout
-    while waiting:
-        batch = list(grid.pull_messages(waiting))
-        batch.reverse()
-        while batch:  # popped, so that a reply the caller let go is not still held here
-            waiting.discard(batch[-1].metadata.reply_to_message_id)
-            yield batch.pop()
-        if not waiting or (end is not None and time.monotonic() >= end):
-            break
-        time.sleep(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))
+    return send(grid, messages, timeout).replies()
+
+
+def send(grid: Grid, messages: Iterable[Message], timeout: float | None) -> InFlight:
+    """Push ``messages`` now; collect their replies later with :meth:`InFlight.replies`.
+
+    The server works on something else meanwhile: its central evaluation runs
+    while the clients evaluate (``server.rounds``). ``timeout`` counts from now.
+    """
+    return InFlight(grid, messages, timeout)
+
+
+class InFlight:
+    """Messages pushed to their nodes, whose replies have not been collected yet."""
+
+    def __init__(self, grid: Grid, messages: Iterable[Message], timeout: float | None) -> None:
+        self.grid = grid
+        self.waiting = set(grid.push_messages(messages))
+        self.sent = len(self.waiting)
+        self.end = None if timeout is None else time.monotonic() + timeout
+
+    def replies(self) -> Iterator[Message]:
+        """The replies, each as soon as it is pulled, until all have come or the timeout has passed."""
+        grid, waiting, end = self.grid, self.waiting, self.end
+        while waiting:
+            batch = list(grid.pull_messages(waiting))
+            batch.reverse()
+            while batch:  # popped, so that a reply the caller let go is not still held here
+                waiting.discard(batch[-1].metadata.reply_to_message_id)
+                yield batch.pop()
+            if not waiting or (end is not None and time.monotonic() >= end):
+                break
+            time.sleep(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))

@@ -11,10 +11,10 @@ For each round :func:`run_federation`
    Under differential privacy (``server.privacy``) the round is first checked
    against the budget, its instructions carry the noise floor, and its
    aggregate is noised (or discarded) and accounted before step 3;
-4. asks sampled clients to evaluate the new model on their held-out rows and
-   combines their confusion matrices;
-5. evaluates centrally on the server's test set (unless ``central-eval`` is
-   off, as in tuning trials), records the round
+4. asks sampled clients to evaluate the new model on their held-out rows and,
+   while they do, evaluates it on the server's test set (unless
+   ``central-eval`` is off, as in tuning trials);
+5. combines the clients' confusion matrices, records the round
    (``server.outputs``) and writes a checkpoint (``server.checkpoint``).
 
 With ``resume`` set it first restores the global arrays, the strategy's state
@@ -61,7 +61,7 @@ from server.checkpoint import (
     restore_strategy,
     write_checkpoint,
 )
-from server.exchange import exchange
+from server.exchange import InFlight, exchange, send
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder
 from server.privacy import build_privacy
@@ -145,10 +145,12 @@ def run_federation(
             arrays = apply_update(strategy, server_round, arrays, update)
             model.load(arrays)
         laps = Laps(update.phases)
-        evaluation, eval_bytes = evaluate_on_clients(grid, strategy, server_round, arrays, labels, timeout, trial)
-        laps.lap("evaluate")
+        # The clients evaluate on their held-out rows while the server evaluates on its test set.
+        evaluating, eval_bytes = ask_clients_to_evaluate(grid, strategy, server_round, arrays, labels, timeout, trial)
         central = model.evaluate(test) if cfg.central_eval else {}
         laps.lap("central")
+        evaluation = combine_evaluations(evaluating, labels)
+        laps.lap("evaluate")
         clients: dict[str, Any] = {
             "trained": update.num_clients,
             "train_examples": update.total_examples,
@@ -210,7 +212,7 @@ def save_checkpoint(recorder: RunRecorder, server_round: int, arrays: Any, strat
     log.info("round %d: checkpoint written to %s in %.1f s", server_round, path, time.perf_counter() - started)
 
 
-def evaluate_on_clients(
+def ask_clients_to_evaluate(
     grid: Grid,
     strategy: Any,
     server_round: int,
@@ -218,24 +220,36 @@ def evaluate_on_clients(
     labels: list[str],
     timeout: float | None,
     trial: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Federated evaluation: clients' confusion matrices summed into exact metrics.
+) -> tuple[InFlight, int]:
+    """Send the strategy's evaluation instructions; the replies are collected by :func:`combine_evaluations`.
 
     Returns
     -------
-    tuple[dict, int]
-        ``{"evaluate": metrics, "evaluated": n}`` (empty when nobody was asked)
-        and the bytes sent.
+    tuple[InFlight, int]
+        The instructions in flight (none when the strategy asks nobody) and the bytes sent.
     """
     instructions: list[Message] = pack_instructions(list(
         strategy.configure_evaluate(server_round, arrays, instruction_config(server_round, labels, trial), grid)
     ))
-    if not instructions:
-        return {}, 0
     sent = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
+    return send(grid, instructions, timeout), sent
+
+
+def combine_evaluations(evaluating: InFlight, labels: list[str]) -> dict[str, Any]:
+    """Federated evaluation: the clients' confusion matrices summed into exact metrics.
+
+    Returns
+    -------
+    dict
+        ``{"evaluated": n, "evaluate": metrics}`` (empty when nobody was asked);
+        replies that are errors or malformed are left out and listed under
+        ``evaluate_problems``.
+    """
+    if not evaluating.sent:
+        return {}
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     loss_sum, count, evaluated, problems = 0.0, 0, 0, []
-    for reply in exchange(grid, instructions, timeout):
+    for reply in evaluating.replies():
         node = reply.metadata.src_node_id
         if reply.has_error():
             problems.append(f"node {node}: {reply.error.reason}")
@@ -258,7 +272,7 @@ def evaluate_on_clients(
         result["evaluate"] = {**summary(metrics), "num_examples": count}
     if problems:
         result["evaluate_problems"] = problems
-    return result, sent
+    return result
 
 
 def announce_end(grid: Grid, status: str, timeout: float = 30.0) -> int:

@@ -88,7 +88,7 @@ def test_without_secagg_the_upload_is_journaled_as_clear(tmp_path: Path) -> None
     sent = [e for e in _events(next(iter(journals.values()))) if e["event"] == "sent"]
     assert len(sent) == 1 and sent[0]["masked"] is False and sent[0]["bytes"] > 0
     last = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][-1]
-    assert list(last["phases_s"]) == ["train", "evaluate", "central"]
+    assert list(last["phases_s"]) == ["train", "central", "evaluate"]
     assert sum(last["phases_s"].values()) <= last["seconds"]
 
 

@@ -77,3 +77,50 @@ def test_each_reply_is_handed_over_before_the_next_pull(monkeypatch: pytest.Monk
     grid = SlowGrid()
     seen = [(reply.metadata.src_node_id, grid.pulls) for reply in replies_as_they_arrive(grid, _instructions(), None)]
     assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_send_pushes_at_once_and_collects_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.exchange import send
+
+    monkeypatch.setattr(exchange_module, "POLL_S", 0.001)
+    grid = SlowGrid(silent=[3])
+    in_flight = send(grid, _instructions(), timeout=0.05)
+    assert sorted(grid.pending) == ["m1", "m2"] and grid.pulls == 0  # pushed, nothing pulled yet
+    assert in_flight.sent == 3
+    assert sorted(r.metadata.src_node_id for r in in_flight.replies()) == [1, 2]
+
+
+@pytest.mark.usefixtures("flwr_identity")
+def test_clients_evaluate_while_the_server_evaluates_centrally(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round pushes the evaluation instructions before its central evaluation and collects them after."""
+    from common.config import FedTextConfig
+    from server import rounds
+    from server.global_model import GlobalModel
+    from simulations.inprocess import InProcessGrid
+
+    events: list[str] = []
+
+    class RecordingGrid(InProcessGrid):
+        def push_messages(self, messages):  # noqa: ANN001, ANN202
+            messages = list(messages)
+            events.extend(f"push {m.metadata.message_type}" for m in messages[:1])
+            return super().push_messages(messages)
+
+        def pull_messages(self, message_ids):  # noqa: ANN001, ANN202
+            replies = list(super().pull_messages(message_ids))
+            events.extend(f"pull {m.metadata.message_type}" for m in replies[:1])
+            return replies
+
+    central = GlobalModel.evaluate
+
+    def evaluate(self, test):  # noqa: ANN001, ANN202
+        events.append("central")
+        return central(self, test)
+
+    monkeypatch.setattr(GlobalModel, "evaluate", evaluate)
+    cfg = FedTextConfig(num_hidden_layers=1, max_length=32, batch_size=8, local_steps=1, freeze="head", clients=2,
+                        min_clients=2, rounds=1, max_examples=40, max_test_examples=20, secagg=False,
+                        out=str(tmp_path / "run"))
+    rounds.run_federation(RecordingGrid(cfg), cfg)
+    assert events == ["central", "push train", "pull train", "push evaluate", "central", "pull evaluate"]
