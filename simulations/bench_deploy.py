@@ -205,7 +205,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if phased:
         names = list(phased[0]["phases_s"])
         lines += ["", "Where a round goes (rounds 2+, mean seconds, the server's clock from sending an exchange "
-                  "to its last reply; the stage marked (train) carries the training):", "",
+                  "to its last reply; the stage marked (train) carries the training; the clients evaluate "
+                  "during the server's central evaluation, and `evaluate` is the wait for them beyond it):", "",
                   "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {s['run']} | " + " | ".join(f"{s['phases_s'].get(n, 0.0):.1f}" for n in names) + " |"
                   for s in phased]
