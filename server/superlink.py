@@ -243,7 +243,7 @@ APP_PACKAGES = ("client", "common", "server")
 
 
 def stage_app(target: Path, source: Path = APP_DIR) -> Path:
-    """Copy the app's own files (pyproject.toml and :data:`APP_PACKAGES`) into ``target``; return it.
+    """Write the app's pyproject.toml and copy :data:`APP_PACKAGES` into ``target``; return it.
 
     ``flwr run DIR`` walks every file under DIR before it filters them: in a
     checkout that holds its virtual environment and run folders, 66,000 files
@@ -253,10 +253,34 @@ def stage_app(target: Path, source: Path = APP_DIR) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy2(source / "pyproject.toml", target / "pyproject.toml")
+    (target / "pyproject.toml").write_text(app_pyproject())
     for package in APP_PACKAGES:
         shutil.copytree(source / package, target / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
+
+
+def app_pyproject() -> str:
+    """The FAB's pyproject.toml: the tables Flower reads, the config keys at their defaults.
+
+    Written, not copied from the checkout's pyproject.toml: an installed
+    fedtext (``pip install .``, the container image) has none beside its
+    packages. The keys are the same (tests/test_config.py keeps the checkout's
+    ``[tool.flwr.app.config]`` equal to :class:`FedTextConfig`'s defaults).
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("fedtext")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
+        version = "0.0.0"
+    lines = ["[project]", 'name = "fedtext"', f"version = {toml_value(version)}",
+             'description = "fedtext: federated fine-tuning of pretrained transformers for text classification"',
+             'license = "Apache-2.0"', "",
+             "[tool.flwr.app]", 'publisher = "fedtext"', "",
+             "[tool.flwr.app.components]", 'serverapp = "server.app:app"', 'clientapp = "client.app:app"', "",
+             "[tool.flwr.app.config]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in FedTextConfig().to_mapping().items()]
+    return "\n".join(lines) + "\n"
 
 
 # --- following a run -------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import zipfile
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+import tomllib
 from flwr.cli.build import build_fab_from_disk
 
 from server import superlink as superlink_module
@@ -28,11 +30,27 @@ def test_the_staged_app_holds_the_apps_packages_only(tmp_path: Path) -> None:
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
     assert (staged / "client" / "app.py").read_bytes() == (ROOT / "client" / "app.py").read_bytes()
 
+    # The same app tables as the checkout's pyproject.toml, written without it (an installed fedtext has none).
+    staged_toml = tomllib.loads((staged / "pyproject.toml").read_text())
+    checkout_toml = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert staged_toml["tool"]["flwr"] == checkout_toml["tool"]["flwr"]
+    assert staged_toml["project"]["version"] == checkout_toml["project"]["version"]
+
     # Flower packs it as it would the checkout, without the docs, figures and tests.
     fab = zipfile.ZipFile(BytesIO(build_fab_from_disk(staged)))
     names = fab.namelist()
     assert "client/app.py" in names and "server/app.py" in names and "pyproject.toml" in names
     assert not any(n.startswith(("docs/", "tests/", "simulations/", "runs/")) for n in names)
+
+
+def test_an_installed_fedtext_stages_its_app_without_a_pyproject(tmp_path: Path) -> None:
+    """pip install . puts the packages in site-packages with no pyproject.toml beside them (the container image)."""
+    installed = tmp_path / "site-packages"
+    for package in APP_PACKAGES:
+        shutil.copytree(ROOT / package, installed / package, ignore=shutil.ignore_patterns("__pycache__"))
+    staged = stage_app(tmp_path / "app", source=installed)
+    fab = zipfile.ZipFile(BytesIO(build_fab_from_disk(staged)))
+    assert "pyproject.toml" in fab.namelist() and "server/app.py" in fab.namelist()
 
 
 def test_the_apps_import_nothing_of_fedtext_outside_the_staged_packages() -> None:
