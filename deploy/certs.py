@@ -404,7 +404,7 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
 def make_certificates(
     out: Path,
     hosts: list[str],
-    clients: int = 2,
+    clients: int = 3,
     force: bool = False,
     valid_days: int = 365,
     *,
@@ -447,8 +447,13 @@ def make_certificates(
     if out.exists() and not out.is_dir():
         raise CertError(f"--out: {out} exists and is not a directory")
     collect_san_entries(hosts, include_loopback)  # fail on bad hosts before touching disk
+    targets = target_paths(out, clients)
     if not force:
-        refuse_existing(target_paths(out, clients))
+        refuse_existing(targets)
+    for path in targets:  # even --force cannot replace a folder with a key file
+        if path.is_dir():
+            raise CertError(f"{path} is a directory, where a key or certificate file belongs (a container "
+                            "engine makes one for a bind-mount source that did not exist); remove it")
     files = plan_files(hosts, clients, valid_days, include_loopback)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     (out / "clients").mkdir(exist_ok=True, mode=0o700)
@@ -470,7 +475,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", required=True, action="append", metavar="NAME",
         help="DNS name or IP address of the SuperLink (repeatable)",
     )
-    parser.add_argument("--clients", type=int, default=2, help="number of SuperNode key sets (default 2)")
+    parser.add_argument("--clients", type=int, default=3,
+                        help="number of SuperNode key sets (default 3, the fewest secure aggregation accepts)")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument("--valid-days", type=int, default=365, help="certificate lifetime (default 365)")
     parser.add_argument(

@@ -304,3 +304,18 @@ def test_superlink_serves_https_health_with_generated_certs(cert_dir: Path, supe
         pass
     else:
         assert plain.status_code != 200, "SuperLink answered plaintext HTTP"
+
+
+def test_by_default_enough_key_sets_for_secure_aggregation(tmp_path: Path) -> None:
+    """SecAgg+ needs 3 clients a round, and deploy/compose.yaml runs 3: the default made 2."""
+    assert certs.main(["--out", str(tmp_path), "--host", "server"]) == 0
+    assert sorted(p.name for p in (tmp_path / "clients").glob("*.id.key")) == [
+        "client-1.id.key", "client-2.id.key", "client-3.id.key"]
+
+
+def test_a_folder_in_a_key_files_place_is_named_even_with_force(tmp_path: Path) -> None:
+    """Docker and podman create a folder for a missing bind-mount source; --force used to end in a traceback."""
+    (tmp_path / "clients" / "client-3.key").mkdir(parents=True)
+    with pytest.raises(certs.CertError, match=r"client-3.key is a directory"):
+        certs.make_certificates(tmp_path, ["server"], clients=3, force=True)
+    assert not (tmp_path / "ca.key").exists()  # nothing written
