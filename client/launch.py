@@ -466,14 +466,13 @@ def run_supernode(cmd: list[str], env: dict[str, str], session: ClientSession) -
     return outcome
 
 
-_ANSI = re.compile(rb"\x1b\[[0-9;]*m")
-
-
 def _forward(stream: Any, outcome: SuperNodeOutcome) -> None:
     """Copy the SuperNode's output to ours, noting what it says about the connection."""
+    from common.processes import ANSI_COLOUR
+
     plain = not sys.stdout.isatty()
     for raw in stream:
-        sys.stdout.buffer.write(_ANSI.sub(b"", raw) if plain else raw)
+        sys.stdout.buffer.write(ANSI_COLOUR.sub(b"", raw) if plain else raw)
         sys.stdout.flush()
         outcome.flower_codes.update(_flower_exit_codes(raw))
         if b"SuperNode ID:" in raw:

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 APP_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -289,19 +291,71 @@ def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     and result picklable. The child is ``python -m common.processes``, not a
     multiprocessing spawn, so that it never re-runs the caller's main script.
     """
-    import pickle
+    return FreshCall(function, *args).result()
 
-    path = os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    done = subprocess.run([sys.executable, "-m", "common.processes"], input=pickle.dumps((function, args)),
-                          stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
-    try:
-        succeeded, value = pickle.loads(done.stdout)
-    except Exception:  # noqa: BLE001 - the child died before answering: say so, whatever the bytes were
-        raise RuntimeError(f"{function.__qualname__} in a fresh process: exit code {done.returncode}, "
-                           "no result") from None
-    if not succeeded:
-        raise value
-    return value
+
+class FreshCall(Generic[T]):
+    """:func:`in_fresh_process` started now and awaited later: the caller works meanwhile.
+
+    ``fedtext simulate`` starts its SuperLink and submits the run while its
+    checks run in the child; :meth:`result` then raises what the checks raised.
+    """
+
+    def __init__(self, function: Callable[..., T], *args: Any) -> None:
+        import pickle
+
+        self.name = function.__qualname__
+        path = os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)
+        self.process = subprocess.Popen([sys.executable, "-m", "common.processes"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+        assert self.process.stdin is not None
+        with self.process.stdin:  # the child reads its whole call before anything else
+            self.process.stdin.write(pickle.dumps((function, args)))
+
+    def result(self) -> T:
+        """Wait for the call; return its result or raise its exception."""
+        import pickle
+
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            answer = self.process.stdout.read()
+        self.process.wait()
+        try:
+            succeeded, value = pickle.loads(answer)
+        except Exception:  # noqa: BLE001 - the child died before answering: say so, whatever the bytes were
+            raise RuntimeError(f"{self.name} in a fresh process: exit code {self.process.returncode}, "
+                               "no result") from None
+        if not succeeded:
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        """Stop the call if it still runs (the caller failed before it needed the result)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# Terminal colour codes (SGR sequences), as Flower's console handler writes them whatever its output is.
+ANSI_COLOUR = re.compile(rb"\x1b\[[0-9;]*m")
+
+
+def copy_without_colour(stream: IO[bytes], path: Path) -> threading.Thread:
+    """Append what ``stream`` yields to ``path`` without colour codes, in a thread; return it.
+
+    Flower colours its log lines unconditionally; in a file the codes are noise.
+    The thread ends when ``stream`` does (its process stopped).
+    """
+
+    def copy() -> None:
+        with stream, path.open("ab") as out:
+            for raw in stream:
+                out.write(ANSI_COLOUR.sub(b"", raw))
+                out.flush()
+
+    thread = threading.Thread(target=copy, name=f"copy-to-{path.name}")
+    thread.start()
+    return thread
 
 
 def _call_from_stdin() -> None:

@@ -28,6 +28,7 @@ from common.errors import FedTextError
 from common.processes import (
     APP_DIR,
     command_line,
+    copy_without_colour,
     descendants,
     die_with_parent,
     flower_env,
@@ -218,12 +219,14 @@ class LocalSuperLink:
         return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
 
     def stream_logs(self, run_id: int, path: Path) -> subprocess.Popen[bytes]:
-        """Copy the run's logs (ServerApp output) into ``path`` as they come."""
-        out = path.open("ab")
-        return subprocess.Popen(
+        """Copy the run's logs (ServerApp output) into ``path`` as they come, without colour codes."""
+        process = subprocess.Popen(
             [flwr_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
-            env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        assert process.stdout is not None
+        copy_without_colour(process.stdout, path)
+        return process
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the SuperLink and everything it started: SIGTERM, then SIGKILL after ``grace`` s.
