@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, TypeVar
 
 APP_DIR = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -291,49 +291,19 @@ def in_fresh_process(function: Callable[..., T], *args: Any) -> T:
     and result picklable. The child is ``python -m common.processes``, not a
     multiprocessing spawn, so that it never re-runs the caller's main script.
     """
-    return FreshCall(function, *args).result()
+    import pickle
 
-
-class FreshCall(Generic[T]):
-    """:func:`in_fresh_process` started now and awaited later: the caller works meanwhile.
-
-    ``fedtext simulate`` starts its SuperLink and submits the run while its
-    checks run in the child; :meth:`result` then raises what the checks raised.
-    """
-
-    def __init__(self, function: Callable[..., T], *args: Any) -> None:
-        import pickle
-
-        self.name = function.__qualname__
-        path = os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)
-        self.process = subprocess.Popen([sys.executable, "-m", "common.processes"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
-        assert self.process.stdin is not None
-        with self.process.stdin:  # the child reads its whole call before anything else
-            self.process.stdin.write(pickle.dumps((function, args)))
-
-    def result(self) -> T:
-        """Wait for the call; return its result or raise its exception."""
-        import pickle
-
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            answer = self.process.stdout.read()
-        self.process.wait()
-        try:
-            succeeded, value = pickle.loads(answer)
-        except Exception:  # noqa: BLE001 - the child died before answering: say so, whatever the bytes were
-            raise RuntimeError(f"{self.name} in a fresh process: exit code {self.process.returncode}, "
-                               "no result") from None
-        if not succeeded:
-            raise value
-        return value
-
-    def cancel(self) -> None:
-        """Stop the call if it still runs (the caller failed before it needed the result)."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    path = os.pathsep.join(p for p in (str(APP_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-m", "common.processes"], input=pickle.dumps((function, args)),
+                          stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+    try:
+        succeeded, value = pickle.loads(done.stdout)
+    except Exception:  # noqa: BLE001 - the child died before answering: say so, whatever the bytes were
+        raise RuntimeError(f"{function.__qualname__} in a fresh process: exit code {done.returncode}, "
+                           "no result") from None
+    if not succeeded:
+        raise value
+    return value
 
 
 # Terminal colour codes (SGR sequences), as Flower's console handler writes them whatever its output is.

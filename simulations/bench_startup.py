@@ -95,8 +95,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"`fedtext simulate {' '.join(doc['flags'])}`, {len(runs)} runs (medians below), and "
              "`fedtext centralized` on the same rows.", "",
              "| from the command to | seconds |", "|---|---|",
-             f"| checks done, partitions written, and beside them the run submitted (SuperLink up, `flwr run`) "
-             f"| {med['submitted_s']:.1f} |",
+             f"| checks done, partitions written | {med['checks_s']:.1f} |",
+             f"| run submitted (SuperLink up, `flwr run`) | {med['submitted_s']:.1f} |",
              f"| round 0 recorded (engine, Ray, ServerApp, model, round-0 evaluation) | {med['round0_s']:.1f} |",
              f"| **round 1 starting (start-up)** | **{med['startup_s']:.1f}** |", "",
              f"- **Shut-down** (last round's line to exit): {med['shutdown_s']:.1f} s. "

@@ -7,12 +7,11 @@
    import torch, transformers and datasets: they run in a child process
    (:func:`preflight`), so that this process, which then only follows the
    run, does not hold those imports' half a gigabyte for the whole run;
-2. meanwhile, write the run config (every key, absolute paths) into the run
-   folder, start a private SuperLink in simulation mode (``server.superlink``)
-   and submit the app with ``num-supernodes = clients``; if the checks fail,
-   stop it all and say why;
-3. print each round as the ServerApp records it in ``metrics.json``;
-4. exit 0 only if the run's status is ``finished:completed``.
+2. write the run config (every key, absolute paths) into the run folder;
+3. start a private SuperLink in simulation mode (``server.superlink``) and
+   submit the app with ``num-supernodes = clients``;
+4. print each round as the ServerApp records it in ``metrics.json``;
+5. exit 0 only if the run's status is ``finished:completed``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from common.config import FedTextConfig, absolute_paths, sampled_by_fraction
 from common.errors import ConfigError, FedTextError
-from common.processes import FreshCall, stop_process_group
+from common.processes import in_fresh_process, stop_process_group
 from common.recipe import peak_lr
 from server.superlink import LocalSuperLink, echo_rounds, follow_run, report_run, write_run_config
 from simulations.ray_cluster import check_ray_address
@@ -105,19 +104,17 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
     check_sampling(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    # The checks (imports, data, model, the clients' shares) run in a child
-    # while the SuperLink starts and the simulation engine brings up Ray and the
-    # ServerApp: start-up costs the longer of the two, not their sum. A client
-    # that asks for its share before it is written partitions the data itself
-    # (common.splits.simulated_client_data): slower, the same rows.
-    checks = FreshCall(preflight, cfg)
+    labels, model = in_fresh_process(preflight, cfg)
+    echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
+         f"strategy {cfg.strategy}, labels {', '.join(labels)}")
+    echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")
     run_config = write_run_config(cfg, out / "run_config.toml")
     # Flower's simulation runtime calls ray.init(), which reads RAY_ADDRESS.
     superlink = LocalSuperLink(home=out / ".flwr", simulation=True, env_extra={"RAY_ADDRESS": ray_address})
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)
     logs = None
-    grace = 1.0  # until the checks pass, nothing below the SuperLink is worth waiting for
+    grace = 10.0
     try:
         superlink.start()
         run_id = superlink.submit(
@@ -128,17 +125,11 @@ def simulate(cfg: FedTextConfig, echo=print, ray_address: str = "local") -> int:
                 "client-resources-num-gpus": cfg.client_gpus,
             },
         )
-        labels, model = checks.result()  # a bad file or flag ends the command here, in one line
-        grace = 10.0
-        echo(f"fedtext simulate: {cfg.clients} clients, partition {cfg.partition}, {cfg.rounds} rounds, "
-             f"strategy {cfg.strategy}, labels {', '.join(labels)}")
-        echo(f"model {cfg.model}: {model}; lr {peak_lr(cfg):g} ({cfg.lr_schedule} over the run)")
         echo(f"run {run_id} submitted; logs: {out / 'run.log'}")
         logs = superlink.stream_logs(run_id, out / "run.log")
         status, details = follow_run(superlink, run_id, metrics, echo_rounds(echo, cfg.rounds))
         grace = 1.0  # the run is over and recorded: nothing left to end gracefully
     finally:
-        checks.cancel()
         if logs is not None:
             stop_process_group(logs, grace=2.0)
         superlink.stop(grace)
