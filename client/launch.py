@@ -417,10 +417,14 @@ class SuperNodeOutcome:
     joined: bool = False  # it got a node id from the SuperLink
     unreachable: bool = False  # it gave up reconnecting (--max-wait-time)
     run_ended: bool = False  # the server's end-of-run notice arrived; we stopped it
+    acknowledging: bool = False  # it printed that it is sending the end-of-run reply
+    acknowledged: bool = False  # ... and that it was sent
 
 
 # After the end-of-run notice is noted, the SuperNode still has to push the
-# ClientApp's acknowledgement to the server (it polls every few seconds).
+# ClientApp's acknowledgement to the server: stop it once it says it has (a
+# second or less), and at the latest after this long (a Flower that words its
+# lines otherwise).
 ACK_GRACE_S = 4.0
 
 
@@ -448,7 +452,7 @@ def run_supernode(cmd: list[str], env: dict[str, str], session: ClientSession) -
             tree.update(descendants(process.pid))
             if session.report_new_events() and ended_at is None:
                 ended_at = time.monotonic()
-            if ended_at is not None and time.monotonic() - ended_at >= ACK_GRACE_S:
+            if ended_at is not None and (outcome.acknowledged or time.monotonic() - ended_at >= ACK_GRACE_S):
                 outcome.run_ended = True
                 break
             if outcome.unreachable:  # Flower's SuperNode gives up but does not exit
@@ -468,6 +472,7 @@ def run_supernode(cmd: list[str], env: dict[str, str], session: ClientSession) -
 
 def _forward(stream: Any, outcome: SuperNodeOutcome) -> None:
     """Copy the SuperNode's output to ours, noting what it says about the connection."""
+    from common.messages import RUN_END
     from common.processes import ANSI_COLOUR
 
     plain = not sys.stdout.isatty()
@@ -479,6 +484,10 @@ def _forward(stream: Any, outcome: SuperNodeOutcome) -> None:
             outcome.joined = True
         elif b"Giving up reconnection" in raw:
             outcome.unreachable = True
+        elif f"Sending: {RUN_END} message".encode() in raw:
+            outcome.acknowledging = True
+        elif outcome.acknowledging and b"Sent successfully" in raw:
+            outcome.acknowledged = True
 
 
 def _stop_pids(pids: set[int], grace: float = 5.0) -> None:

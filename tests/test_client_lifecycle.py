@@ -185,3 +185,20 @@ def test_the_supernode_module_runs_flowers_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "client.supernode", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--superlink" in proc.stdout and "flower-supernode" in proc.stdout, proc.stderr
+
+
+def test_the_client_stops_its_supernode_once_the_end_of_run_reply_is_sent(capsys: pytest.CaptureFixture) -> None:
+    """Not a fixed 4 s after the notice: Flower's SuperNode says when it has sent the acknowledgement."""
+    import io
+
+    from client.launch import SuperNodeOutcome, _forward
+
+    lines = [b"\x1b[92mINFO \x1b[0m:      Sending: train message (ID: 1)\n", b"INFO :      Sent successfully\n",
+             b"INFO :      Received: query.run_end message (ID: 2)\n"]
+    outcome = SuperNodeOutcome()
+    _forward(io.BytesIO(b"".join(lines)), outcome)
+    assert not outcome.acknowledged  # a train reply sent earlier is not the acknowledgement
+    _forward(io.BytesIO(b"INFO :      Sending: query.run_end message (ID: 3)\nINFO :      Sent successfully\n"),
+             outcome)
+    assert outcome.acknowledged
+    assert "\x1b[" not in capsys.readouterr().out  # not a terminal: no colour codes
