@@ -71,7 +71,7 @@ class InFlight:
     def __init__(self, grid: Grid, messages: Iterable[Message], timeout: float | None) -> None:
         self.grid = grid
         self.waiting = set(grid.push_messages(messages))
-        self.sent = len(self.waiting)
+        self.asked = len(self.waiting)  # how many nodes were sent a message
         self.end = None if timeout is None else time.monotonic() + timeout
 
     def replies(self) -> Iterator[Message]:

@@ -245,7 +245,7 @@ def combine_evaluations(evaluating: InFlight, labels: list[str]) -> dict[str, An
         replies that are errors or malformed are left out and listed under
         ``evaluate_problems``.
     """
-    if not evaluating.sent:
+    if not evaluating.asked:
         return {}
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     loss_sum, count, evaluated, problems = 0.0, 0, 0, []

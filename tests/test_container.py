@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_csv
+from tests.test_deploy_files import compose_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
@@ -32,10 +33,8 @@ CLIENT_FLAGS = ["--threads", "1"]
 
 def engine_and_compose() -> tuple[str, list[str]] | None:
     """The container engine and its Compose CLI, if this machine has both."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return "docker", ["docker", "compose"]
+    if (cli := compose_command()) is not None:  # Docker's
+        return "docker", cli
     if shutil.which("podman") and shutil.which("podman-compose"):
         return "podman", ["podman-compose"]
     return None

@@ -87,7 +87,7 @@ def test_send_pushes_at_once_and_collects_later(monkeypatch: pytest.MonkeyPatch)
     grid = SlowGrid(silent=[3])
     in_flight = send(grid, _instructions(), timeout=0.05)
     assert sorted(grid.pending) == ["m1", "m2"] and grid.pulls == 0  # pushed, nothing pulled yet
-    assert in_flight.sent == 3
+    assert in_flight.asked == 3
     assert sorted(r.metadata.src_node_id for r in in_flight.replies()) == [1, 2]
 
 
