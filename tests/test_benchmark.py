@@ -68,23 +68,27 @@ def test_every_run_is_at_default_flags_but_the_data_and_its_change() -> None:
     assert {"fedavg-natural", "fedavg-iid", "fedadam-dirichlet", "fedavgm-dirichlet"} <= names
 
 
-def _result(name: str, command: str, accuracy: float, wall: float, freeze: str = REFERENCE_FREEZE) -> Result:
+def _result(name: str, command: str, accuracy: float, wall: float, freeze: str = REFERENCE_FREEZE,
+            steps: int = 30) -> Result:
     return Result(
         key=f"bbc_news/{name}", dataset="bbc_news", name=name, command=command,
         flags={"freeze": freeze}, baseline=f"centralized-{freeze}", exit_code=0, wall_seconds=wall,
-        round_seconds=wall / 2, train_steps=30, peak_rss_mb=900.0, peak_pss_mb=700.0, accuracy=accuracy,
+        round_seconds=wall / 2, train_steps=steps, peak_rss_mb=900.0, peak_pss_mb=700.0, accuracy=accuracy,
         f1_macro=accuracy - 0.01, accuracy_by_round=[0.2, accuracy], bytes_up_per_client_round=4e6,
-        seconds_by_round=[wall / 4, wall / 4], majority_share=0.25,
+        seconds_by_round=[wall / 4, wall / 4], majority_share=0.25, train_seconds_by_round=[wall / 5, wall / 5],
     )
 
 
 def test_report_has_ratios_goals_and_keeps_the_hand_written_prose(tmp_path: Path) -> None:
     results = [_result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.90, 100.0),
-               _result("fedavg-dirichlet", "simulate", 0.88, 130.0),
+               _result("fedavg-dirichlet", "simulate", 0.88, 130.0, steps=40),
                _result("fedadam-dirichlet", "simulate", 0.86, 130.0)]
     rows = ratios(results)
     assert rows[1]["accuracy_ratio"] == pytest.approx(0.88 / 0.90)
     assert rows[1]["wall_ratio"] == pytest.approx(1.3)
+    # Training 1.3x as long for 40 steps against 30: 0.975x per step.
+    assert rows[1]["later_training_ratio"] == pytest.approx(1.3)
+    assert rows[1]["later_training_per_step_ratio"] == pytest.approx(1.3 * 30 / 40)
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text(f"# Benchmarks\n\nintro prose\n\n{MARK_BEGIN}\nold table\n{MARK_END}\n\nclosing prose\n")
     write_report(rows, ["bbc_news"], "python -m simulations.benchmark", tmp_path)
@@ -92,7 +96,8 @@ def test_report_has_ratios_goals_and_keeps_the_hand_written_prose(tmp_path: Path
     assert text.startswith("# Benchmarks\n\nintro prose\n\n") and text.endswith("\n\nclosing prose\n")
     assert "old table" not in text
     assert "accuracy 0.978 x centralized, macro F1 0.978 x (misses the 0.99 goal)" in text
-    assert "rounds after the first 1.30 x centralized epoch time (misses 1.10); whole run 1.30 x" in text
+    assert ("rounds after the first 1.30 x centralized epoch time (misses 1.10; both sides' rounds include their "
+            "evaluation), their training 1.30 x (0.97 x per optimizer step); whole run 1.30 x") in text
     assert "fedadam 0.977 (worst 0.977; meets >= 0.97)" in text
     assert f"{REFERENCE_FREEZE} +63.0 (meets >= +10 for every policy)" in text
     assert f"| fedavg-dirichlet | {REFERENCE_FREEZE} | 0.8800 |" in text
@@ -124,12 +129,42 @@ def test_a_tiny_centralized_run_is_measured_and_can_be_reused(tmp_path: Path) ->
 
     assert result.train_steps == max(FedTextConfig().min_local_steps, math.ceil(_train_rows(tmp_path / "run") / 16))
     assert 0 < result.majority_share < 1
+    # A round's time is its training plus its evaluation, as a federated round's is.
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    phases = doc["rounds"][1]["phases_s"]
+    assert list(phases) == ["train", "central", "evaluate"]
+    assert doc["rounds"][1]["seconds"] == pytest.approx(sum(phases.values()))
+    assert result.train_seconds_by_round == [phases["train"]] and 0 < phases["train"] < result.seconds_by_round[0]
     # The sampler saw the training process itself: a torch process holds hundreds of MB.
     assert 200 < result.peak_pss_mb <= result.peak_rss_mb
     assert reused_result(scenario, tmp_path / "run") == result
     other = Scenario(scenario.name, scenario.dataset, scenario.command, {**scenario.flags, "seed": 2},
                      scenario.baseline)
     assert reused_result(other, tmp_path / "run") is None
+
+
+def test_reuse_reads_old_federated_results_and_measures_old_centralized_ones_again(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    def written(result: Result, phases: dict[str, float] | None) -> Path:
+        folder = tmp_path / result.name
+        folder.mkdir()
+        old = {k: v for k, v in asdict(result).items() if k != "train_seconds_by_round"}
+        (folder / "result.json").write_text(json.dumps(old))
+        rounds = [{"round": 0, "seconds": 0.0}, *({"round": r, "seconds": 20.0, **({"phases_s": phases} if phases
+                                                                                    else {})} for r in (1, 2))]
+        (folder / "metrics.json").write_text(json.dumps({"rounds": rounds}))
+        return folder
+
+    fed = _result("fedavg-dirichlet", "simulate", 0.88, 80.0)
+    folder = written(fed, {"stage 2 (train)": 15.0, "central": 4.0, "evaluate": 1.0})
+    scenario = Scenario(fed.name, fed.dataset, fed.command, fed.flags, fed.baseline)
+    assert reused_result(scenario, folder).train_seconds_by_round == [15.0, 15.0]
+    # A centralized round timed only its training then: not comparable with a federated round.
+    central = _result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.90, 80.0)
+    folder = written(central, None)
+    assert reused_result(Scenario(central.name, central.dataset, central.command, central.flags, central.baseline),
+                         folder) is None
 
 
 def test_report_takes_the_readme_command_whose_flags_name_no_freezing(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from common.config import FedTextConfig
 from common.freezing import trainable_state
 from common.model import build_model, load_tokenizer
-from common.training import evaluate_model, iterate_batches, planned_steps, train_model
+from common.training import by_length, evaluate_model, iterate_batches, planned_steps, train_model
 
 LABELS = ["fresh", "rotten"]
 CPU = torch.device("cpu")
@@ -152,6 +152,19 @@ def test_local_steps_override_epochs(rows, tokenizer) -> None:  # noqa: ANN001
 )
 def test_planned_steps(n: int, changes: dict, expected: int) -> None:
     assert planned_steps(n, FedTextConfig(**changes)) == expected
+
+
+def test_evaluation_batches_rows_by_length_and_scores_as_in_any_order(rows, tokenizer) -> None:  # noqa: ANN001
+    ordered = by_length(rows)
+    lengths = [len(t) for t in ordered["text"]]
+    assert lengths == sorted(lengths) and sorted(ordered["text"]) == sorted(rows["text"])
+    cfg = _cfg()
+    model = build_model(cfg, LABELS)
+    forward = evaluate_model(model, rows, tokenizer, cfg, CPU, LABELS)
+    backward = evaluate_model(model, rows.select(range(len(rows) - 1, -1, -1)), tokenizer, cfg, CPU, LABELS)
+    assert forward["confusion_matrix"] == backward["confusion_matrix"]
+    assert sum(map(sum, forward["confusion_matrix"])) == len(rows)
+    assert forward["loss"] == pytest.approx(backward["loss"], rel=1e-5)
 
 
 def test_iterate_batches_shuffles_by_seed_and_keeps_order_without(rows, tokenizer) -> None:  # noqa: ANN001
