@@ -44,7 +44,7 @@ from common.reports import (
     write_figures,
 )
 from simulations.bench_startup import ROUND_LINE, stamped
-from simulations.benchmark import TreeMemory
+from simulations.benchmark import TreeMemory, training_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 PER_ROUND = 10
@@ -96,7 +96,7 @@ def centralized_round(out: Path, clients: int, rounds: int, flags: list[str], st
     spans = [b - a for a, b in zip(at, at[1:])]
     doc = json.loads((out / "metrics.json").read_text()) if code == 0 else {"rounds": []}
     return {"exit_code": code, "steps_per_round": steps, "round_s": [round(x, 2) for x in spans],
-            "train_s": [round(r["seconds"], 2) for r in doc["rounds"] if r["round"] >= 1],
+            "train_s": [round(training_seconds(r), 2) for r in doc["rounds"] if r["round"] >= 1],
             "final_accuracy": doc["rounds"][-1]["central"]["accuracy"] if doc["rounds"] else None}
 
 

@@ -290,7 +290,7 @@ def run_scenario(s: Scenario, out: Path, log=print) -> Result:  # noqa: ANN001
         trainable_parameters=doc.get("model", {}).get("trainable_params", 0),
         seconds_by_round=[r["seconds"] for r in rounds],
         majority_share=_majority_share(doc),
-        train_seconds_by_round=[_training_seconds(r) for r in rounds],
+        train_seconds_by_round=[training_seconds(r) for r in rounds],
     )
     (out / "result.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     status = "ok" if code == 0 else f"FAILED (exit {code}, see {out / 'benchmark.log'})"
@@ -305,7 +305,7 @@ def reused_result(s: Scenario, out: Path) -> Result | None:
         done = Result(**json.loads((out / "result.json").read_text()))
         if not done.train_seconds_by_round:  # written before that field existed
             rounds = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["round"] > 0]
-            done.train_seconds_by_round = [_training_seconds(r) for r in rounds]
+            done.train_seconds_by_round = [training_seconds(r) for r in rounds]
     except (OSError, ValueError, TypeError, KeyError):
         return None
     # A centralized run from before its rounds timed their evaluation too (no phases) is measured again.
@@ -322,7 +322,7 @@ def _majority_share(doc: dict[str, Any]) -> float:
     return max(support) / max(sum(support), 1)
 
 
-def _training_seconds(entry: dict[str, Any]) -> float:
+def training_seconds(entry: dict[str, Any]) -> float:
     """Seconds of one recorded round's training: the exchange that trains, or centralized training."""
     phases = entry.get("phases_s", {})
     return float(next((v for n, v in phases.items() if n in ("train", "stage 2 (train)")), 0.0))
