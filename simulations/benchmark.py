@@ -136,7 +136,8 @@ def plan(datasets: list[str], max_examples: dict[str, int], max_test: int, clien
 
     ``policy_baselines`` adds a centralized baseline for every freezing policy
     (the goal for them is learning, so by default only the default policy's
-    baseline runs); ``extra`` adds ``iid`` and ``no-secagg`` runs.
+    baseline runs); ``extra`` adds ``iid``, ``no-secagg`` and ``no-floor`` runs (the last at equal
+    total local epochs: ``min-local-steps 0``).
     """
     scenarios = []
     for ds in datasets:
@@ -168,6 +169,7 @@ def plan(datasets: list[str], max_examples: dict[str, int], max_test: int, clien
             *([federated("fedavg-natural", partition=NATURAL_SPLITS[ds])] if ds in NATURAL_SPLITS else []),
             *([federated("fedavg-iid", partition="iid")] if "iid" in extra else []),
             *([federated("fedavg-dirichlet-no-secagg", secagg=False)] if "no-secagg" in extra else []),
+            *([federated("fedavg-dirichlet-no-floor", **{"min-local-steps": 0})] if "no-floor" in extra else []),
             *(federated(f"{s}-dirichlet", strategy=s) for s in STRATEGIES),
             *(federated(f"fedavg-dirichlet-{f}", freeze=f) for f in others),
         ]
@@ -390,6 +392,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def goal_lines(rows: list[dict[str, Any]], datasets: list[str]) -> str:
     """The issue's goals, checked on this run's figures."""
     out = []
+    policy_runs = {f"fedavg-dirichlet-{f}" for f in FREEZES}
     for ds in datasets:
         mine = {r["name"]: r for r in rows if r["dataset"] == ds}
         byod = mine.get("readme-byod")
@@ -399,6 +402,14 @@ def goal_lines(rows: list[dict[str, Any]], datasets: list[str]) -> str:
                 f"accuracy {byod['accuracy']:.4f}, {100 * (byod['accuracy'] - byod['majority_share']):+.1f} "
                 f"points over the majority class ({byod['majority_share']:.4f}); "
                 f"{byod.get('accuracy_ratio', float('nan')):.3f} x centralized at the same defaults."
+            )
+        equal = mine.get("fedavg-dirichlet-no-floor")
+        if equal is not None and "accuracy_ratio" in equal:
+            out.append(
+                f"- {ds}, FedAvg, dirichlet:0.5, SecAgg, equal total local epochs (min-local-steps 0): accuracy "
+                f"{equal['accuracy_ratio']:.3f} x centralized, macro F1 {equal['f1_ratio']:.3f} x; rounds after the "
+                f"first {equal['later_rounds_ratio']:.2f} x ({_verdict(equal['later_rounds_ratio'] <= 1.10)} 1.10), "
+                f"their training {equal['later_training_ratio']:.2f} x; whole run {equal['wall_ratio']:.2f} x."
             )
         ref = mine.get("fedavg-dirichlet")
         if ref is None or "accuracy_ratio" not in ref:
@@ -423,8 +434,7 @@ def goal_lines(rows: list[dict[str, Any]], datasets: list[str]) -> str:
             out.append(f"  - strategies at their defaults vs FedAvg: {', '.join(f'{n.split(chr(45))[0]} {v:.3f}' for n, v in strategies)} "
                        f"(worst {worst[1]:.3f}; {_verdict(worst[1] >= 0.97)} >= 0.97).")
         policies = [(r["flags"]["freeze"], r["accuracy"] - r["majority_share"]) for r in mine.values()
-                    if r["command"] == "simulate" and (r["name"] == "fedavg-dirichlet"
-                                                       or r["name"].startswith("fedavg-dirichlet-") and "secagg" not in r["name"])]
+                    if r["command"] == "simulate" and r["name"] in {"fedavg-dirichlet", *policy_runs}]
         if policies:
             lowest = min(v for _, v in policies)
             out.append(f"  - freezing policies, federated, points above the majority class: "
@@ -487,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freezes", default=",".join(FREEZES), help="Freezing policies to run federated.")
     p.add_argument("--policy-baselines", action="store_true",
                    help="Also a centralized baseline for every freezing policy, not only the default.")
-    p.add_argument("--extra", default="", help="Comma-separated: iid, no-secagg (more federated runs).")
+    p.add_argument("--extra", default="", help="Comma-separated: iid, no-secagg, no-floor (more federated runs).")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-hidden-layers", type=int, default=0,
                    help="Keep only the bottom N encoder layers (0 = the whole model; 1 for quick checks).")

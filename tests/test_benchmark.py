@@ -167,6 +167,23 @@ def test_reuse_reads_old_federated_results_and_measures_old_centralized_ones_aga
                          folder) is None
 
 
+def test_the_no_floor_run_differs_from_the_reference_by_the_step_floor_alone(tmp_path: Path) -> None:
+    runs = {s.name: s for s in plan(["rotten_tomatoes"], {"rotten_tomatoes": 2000}, 1000, clients=4, seed=42,
+                                    extra=("no-floor",))}
+    ref, equal = runs["fedavg-dirichlet"], runs["fedavg-dirichlet-no-floor"]
+    assert equal.flags == {**ref.flags, "min-local-steps": 0} and equal.baseline == ref.baseline
+    results = [replace(_result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.80, 100.0), dataset="rotten_tomatoes",
+                       key=f"rotten_tomatoes/centralized-{REFERENCE_FREEZE}"),
+               replace(_result("fedavg-dirichlet-no-floor", "simulate", 0.80, 110.0), dataset="rotten_tomatoes",
+                       key="rotten_tomatoes/fedavg-dirichlet-no-floor")]
+    (tmp_path / "BENCHMARKS.md").write_text(f"{MARK_BEGIN}\n{MARK_END}\n")
+    write_report(ratios(results), ["rotten_tomatoes"], "python -m simulations.benchmark", tmp_path)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert ("equal total local epochs (min-local-steps 0): accuracy 1.000 x centralized, macro F1 1.000 x; "
+            "rounds after the first 1.10 x (meets 1.10)") in text
+    assert "freezing policies" not in text  # the no-floor run is not a freezing policy's
+
+
 def test_report_takes_the_readme_command_whose_flags_name_no_freezing(tmp_path: Path) -> None:
     byod = [replace(_result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.72, 100.0), flags={}),
             replace(_result("readme-byod", "simulate", 0.62, 90.0), flags={"clients": 5})]
