@@ -91,6 +91,12 @@ class RoundUpdate:
                            self.ray_nodes)
 
 
+# The phase of a round's ``phases_s`` in which clients train: plain, or SecAgg+'s stage 2.
+# A centralized round names its training as a plain one does; benchmarks read these names.
+TRAIN_PHASE = "train"
+SECURE_TRAIN_PHASE = "stage 2 (train)"
+
+
 class Laps:
     """Seconds of consecutive steps of a round, each timed from the end of the one before."""
 
@@ -154,7 +160,7 @@ class PlainAggregation:
         bytes_down = sum(record_bytes(m.content.array_records[ARRAYS]) for m in instructions)
         laps = Laps()
         replies = exchange(grid, instructions, timeout)
-        laps.lap("train")
+        laps.lap(TRAIN_PHASE)
         problems = [f"node {node}: no reply" for node in _silent_nodes(instructions, replies)]
         total = 0
         summed = {k: np.zeros_like(v, dtype=np.float64) for k, v in current.items()}

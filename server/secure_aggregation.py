@@ -37,7 +37,7 @@ from common.config import FedTextConfig, secagg_params
 from common.messages import ARRAYS, METRICS, SECAGG, ray_nodes, record_bytes
 from common.messages import SECAGG_MASKED as MASKED
 from common.secagg import SecAggError, SecAggServer
-from server.aggregation import Laps, RoundUpdate, client_mean_metrics
+from server.aggregation import SECURE_TRAIN_PHASE, Laps, RoundUpdate, client_mean_metrics
 from server.exchange import replies_as_they_arrive
 
 log = logging.getLogger("fedtext.server")
@@ -91,7 +91,7 @@ class SecureAggregation:
                 if METRICS in reply.content.metric_records:
                     train_metrics.append(dict(reply.content.metric_records[METRICS]))
                 kept.append(reply.content)  # without its masked vector: the placement record
-            laps.lap("stage 2 (train)")
+            laps.lap(SECURE_TRAIN_PHASE)
             placed = ray_nodes(kept)
             answers = _answers(self._valid_replies(grid, instructions, server.stage3_requests(),
                                                    self.params.stage_timeout_s, traffic, problems))

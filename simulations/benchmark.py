@@ -326,8 +326,10 @@ def _majority_share(doc: dict[str, Any]) -> float:
 
 def training_seconds(entry: dict[str, Any]) -> float:
     """Seconds of one recorded round's training: the exchange that trains, or centralized training."""
+    from server.aggregation import SECURE_TRAIN_PHASE, TRAIN_PHASE
+
     phases = entry.get("phases_s", {})
-    return float(next((v for n, v in phases.items() if n in ("train", "stage 2 (train)")), 0.0))
+    return float(next((v for n, v in phases.items() if n in (TRAIN_PHASE, SECURE_TRAIN_PHASE)), 0.0))
 
 
 def _round_steps(entry: dict[str, Any]) -> int:

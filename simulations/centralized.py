@@ -27,7 +27,7 @@ from common.metrics import summary
 from common.model import pick_device
 from common.recipe import round_span
 from common.splits import client_share, server_test_set_and_pool
-from server.aggregation import Laps
+from server.aggregation import TRAIN_PHASE, Laps
 from server.global_model import GlobalModel
 from server.outputs import RunRecorder, final_figures, progress_line
 from simulations.simulate import prepare_config
@@ -83,7 +83,7 @@ def centralized(cfg: FedTextConfig, echo=print,  # noqa: ANN001
         laps = Laps()
         result = train_model(model.model, rows, model.tokenizer, cfg, pick_device(), seed=cfg.seed + 1000 * r,
                              span=round_span(r, cfg.rounds, cfg.lr_schedule))
-        laps.lap("train")
+        laps.lap(TRAIN_PHASE)
         record(r, laps, **{"train-loss": result.loss}, train_steps=result.steps)
     model.save(recorder.out / "model")
     recorder.finish("completed")
