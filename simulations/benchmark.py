@@ -305,8 +305,9 @@ def reused_result(s: Scenario, out: Path) -> Result | None:
     """A finished earlier run of exactly this scenario (``--reuse``), or None."""
     try:
         done = Result(**json.loads((out / "result.json").read_text()))
-        if not done.train_seconds_by_round:  # written before that field existed
+        if not (done.seconds_by_round and done.train_seconds_by_round):  # written before these fields existed
             rounds = [r for r in json.loads((out / "metrics.json").read_text())["rounds"] if r["round"] > 0]
+            done.seconds_by_round = done.seconds_by_round or [r["seconds"] for r in rounds]
             done.train_seconds_by_round = [training_seconds(r) for r in rounds]
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -149,7 +149,7 @@ def test_reuse_reads_old_federated_results_and_measures_old_centralized_ones_aga
     def written(result: Result, phases: dict[str, float] | None) -> Path:
         folder = tmp_path / result.name
         folder.mkdir()
-        old = {k: v for k, v in asdict(result).items() if k != "train_seconds_by_round"}
+        old = {k: v for k, v in asdict(result).items() if k not in ("train_seconds_by_round", "seconds_by_round")}
         (folder / "result.json").write_text(json.dumps(old))
         rounds = [{"round": 0, "seconds": 0.0}, *({"round": r, "seconds": 20.0, **({"phases_s": phases} if phases
                                                                                     else {})} for r in (1, 2))]
@@ -159,7 +159,8 @@ def test_reuse_reads_old_federated_results_and_measures_old_centralized_ones_aga
     fed = _result("fedavg-dirichlet", "simulate", 0.88, 80.0)
     folder = written(fed, {"stage 2 (train)": 15.0, "central": 4.0, "evaluate": 1.0})
     scenario = Scenario(fed.name, fed.dataset, fed.command, fed.flags, fed.baseline)
-    assert reused_result(scenario, folder).train_seconds_by_round == [15.0, 15.0]
+    reused = reused_result(scenario, folder)
+    assert reused.train_seconds_by_round == [15.0, 15.0] and reused.seconds_by_round == [20.0, 20.0]
     # A centralized round timed only its training then: not comparable with a federated round.
     central = _result(f"centralized-{REFERENCE_FREEZE}", "centralized", 0.90, 80.0)
     folder = written(central, None)
