@@ -341,6 +341,11 @@ def _round_steps(entry: dict[str, Any]) -> int:
     return round(clients.get("train", {}).get("train-steps", 0) * clients.get("trained", 0))
 
 
+def _later_ratio(seconds: list[float], base: list[float]) -> float:
+    """Rounds 2+ of a run over rounds 2+ of its baseline."""
+    return sum(seconds[1:]) / max(sum(base[1:]), 1e-9)
+
+
 def ratios(results: list[Result]) -> list[dict[str, Any]]:
     """Each result with its ratios to its centralized baseline."""
     by_key = {r.key: r for r in results}
@@ -354,9 +359,8 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
             row["wall_ratio"] = r.wall_seconds / base.wall_seconds
             row["round_time_ratio"] = r.round_seconds / base.round_seconds
             # Round 1 of a simulation also starts the Ray actors (torch, the model, the data).
-            row["later_rounds_ratio"] = sum(r.seconds_by_round[1:]) / max(sum(base.seconds_by_round[1:]), 1e-9)
-            row["later_training_ratio"] = (sum(r.train_seconds_by_round[1:])
-                                           / max(sum(base.train_seconds_by_round[1:]), 1e-9))
+            row["later_rounds_ratio"] = _later_ratio(r.seconds_by_round, base.seconds_by_round)
+            row["later_training_ratio"] = _later_ratio(r.train_seconds_by_round, base.train_seconds_by_round)
             # Per optimizer step: the gap left once the federation's extra steps (the step floor) are set
             # aside; every round trains as many steps as the others.
             row["later_training_per_step_ratio"] = row["later_training_ratio"] * base.train_steps / max(r.train_steps, 1)
